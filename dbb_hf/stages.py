@@ -140,19 +140,22 @@ def run_resumable(
 def load_stage_output(stage_dir: str | os.PathLike, fingerprint: str):
     """The saved output of a stage if it was finished with this fingerprint, else None."""
     info = Path(stage_dir) / STAGE_INFO
-    if not info.exists():
+    if not info.exists() or json.loads(info.read_text()).get("fingerprint") != fingerprint:
         return None
-    if json.loads(info.read_text()).get("fingerprint") != fingerprint:
-        return None
-    return load_from_disk(Path(stage_dir) / "dataset")
+    return load_from_disk(stage_dir)
 
 
 def save_stage_output(stage_dir: str | os.PathLike, dataset, fingerprint: str, info: dict | None = None) -> None:
-    """Save a finished stage's dataset, then mark it finished (the mark is written last)."""
+    """Save a finished stage's dataset as ``stage_dir`` itself (``load_from_disk(stage_dir)``).
+
+    The dataset and its ``stage.json`` mark are written to a temporary folder that then
+    replaces ``stage_dir`` (and the stage's working files, such as finished shards), so a
+    crash leaves either the old state or the new one, never a half-written output.
+    """
     stage_dir = Path(stage_dir)
-    tmp = stage_dir / ".tmp-dataset"
+    tmp = stage_dir.parent / f".{stage_dir.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     dataset.save_to_disk(tmp)
-    shutil.rmtree(stage_dir / "dataset", ignore_errors=True)
-    os.replace(tmp, stage_dir / "dataset")
-    (stage_dir / STAGE_INFO).write_text(json.dumps({"fingerprint": fingerprint, **(info or {})}, indent=2, default=str))
+    (tmp / STAGE_INFO).write_text(json.dumps({"fingerprint": fingerprint, **(info or {})}, indent=2, default=str))
+    shutil.rmtree(stage_dir, ignore_errors=True)
+    os.replace(tmp, stage_dir)

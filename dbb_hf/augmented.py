@@ -1,0 +1,161 @@
+"""The augmented dataset as retraining consumes it: loading, checking, one shared schema.
+
+An augmented dataset holds the real splits (``train``, and ``validation`` / ``test`` when
+present) and a ``synthetic`` split of kept edits whose ``label`` is the new class and
+whose ``source_label`` is the class of the image they were made from. The run writes it
+with ``save_to_disk``; it is published as parquet shards (see :mod:`dbb_hf.hub`).
+
+A Hub dataset configuration has one schema for all its splits, while the run's splits
+differ (only edits have ``prompt``, ``psi``, ...). :func:`unify_features` gives every
+split the union of the columns, null where a split lacks one; :func:`load_augmented`
+applies it to every source, so a Hub id, its local twin and the run's own folder load
+into the same ``DatasetDict``, and ``concatenate_datasets([ds["train"], ds["synthetic"]])``
+works as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, load_dataset, load_from_disk
+
+from .data.common import DatasetFormatError
+
+REQUIRED_SPLITS = ("train", "synthetic")
+OPTIONAL_SPLITS = ("validation", "test")
+# What the upweighted retraining reads: the image and its class everywhere, and for edits
+# the class they were made from (it picks the loss term an edit belongs to).
+REQUIRED_COLUMNS = {"synthetic": ("image", "label", "source_label")}
+DEFAULT_COLUMNS = ("image", "label")
+
+
+def unify_features(dataset: DatasetDict) -> DatasetDict:
+    """Give every split the union of all splits' columns, in one order, null where absent.
+
+    Raises ValueError when two splits give the same column different types: casting one
+    to the other would silently change the data.
+    """
+    union: dict = {}
+    owner: dict[str, str] = {}
+    for split, ds in dataset.items():
+        for name, feature in ds.features.items():
+            if name not in union:
+                union[name], owner[name] = feature, split
+            elif union[name] != feature:
+                raise ValueError(
+                    f"column {name!r} has type {union[name]} in split {owner[name]!r} but {feature} in "
+                    f"split {split!r}; the splits of one dataset must agree on shared columns"
+                )
+    features = Features(union)
+    unified = {}
+    for split, ds in dataset.items():
+        if len(ds) == 0:
+            # An empty split loaded from disk has no table blocks to add columns to.
+            unified[split] = Dataset.from_dict({name: [] for name in features}, features=features, split=ds.split)
+            continue
+        for name, feature in features.items():
+            if name not in ds.column_names:
+                ds = ds.add_column(name, [None] * len(ds), feature=feature)
+        unified[split] = ds.select_columns(list(features))
+    return DatasetDict(unified)
+
+
+def check_augmented(dataset: DatasetDict, source: str) -> DatasetDict:
+    """Raise a DatasetFormatError naming what ``dataset`` lacks for retraining; else return it."""
+    if not isinstance(dataset, DatasetDict):
+        raise DatasetFormatError(f"{source} is a single split, not a dataset with splits {REQUIRED_SPLITS}")
+    missing = [split for split in REQUIRED_SPLITS if split not in dataset]
+    if missing:
+        raise DatasetFormatError(
+            f"{source} has no {missing} split(s); an augmented dataset needs {list(REQUIRED_SPLITS)} "
+            f"(it has {list(dataset)})"
+        )
+    class_names = None
+    for split, ds in dataset.items():
+        required = REQUIRED_COLUMNS.get(split, DEFAULT_COLUMNS)
+        absent = [column for column in required if column not in ds.column_names]
+        if absent:
+            raise DatasetFormatError(
+                f"{source}: split {split!r} is missing column(s) {absent}; it has {ds.column_names}"
+            )
+        label = ds.features["label"]
+        if not isinstance(label, ClassLabel):
+            raise DatasetFormatError(f"{source}: column 'label' of split {split!r} is {label}, not a ClassLabel")
+        if class_names is None:
+            class_names = label.names
+        elif label.names != class_names:
+            raise DatasetFormatError(
+                f"{source}: split {split!r} has class names {label.names}, other splits {class_names}"
+            )
+    synthetic = dataset["synthetic"]
+    source_label = synthetic.features["source_label"]
+    if not isinstance(source_label, ClassLabel) or source_label.names != class_names:
+        raise DatasetFormatError(
+            f"{source}: synthetic 'source_label' is {source_label}; expected ClassLabel(names={class_names})"
+        )
+    unsourced = sum(value is None for value in synthetic["source_label"])
+    if unsourced:
+        raise DatasetFormatError(f"{source}: {unsourced} synthetic row(s) have no source_label")
+    return dataset
+
+
+def _is_saved_to_disk(folder: str) -> bool:
+    return os.path.exists(os.path.join(folder, "dataset_dict.json"))
+
+
+def load_saved(folder: str) -> DatasetDict:
+    """``load_from_disk`` for a ``DatasetDict`` folder, tolerating empty splits saved without a shard.
+
+    Adapter for huggingface/datasets#8385: ``save_to_disk`` writes no shard for a split with
+    no rows (an empty ``synthetic`` split when every edit was pruned) and ``load_from_disk``
+    then fails with an IndexError; such a split is rebuilt empty from its saved features.
+    """
+    with open(os.path.join(folder, "dataset_dict.json")) as f:
+        splits = json.load(f)["splits"]
+    loaded = {}
+    for split in splits:
+        path = os.path.join(folder, split)
+        with open(os.path.join(path, "state.json")) as f:
+            has_data = bool(json.load(f).get("_data_files"))
+        if has_data:
+            loaded[split] = load_from_disk(path)
+        else:
+            features = DatasetInfo.from_directory(path).features
+            loaded[split] = Dataset.from_dict({name: [] for name in features}, features=features, split=split)
+    return DatasetDict(loaded)
+
+
+def _looks_like_path(source: str) -> bool:
+    # A Hub id is "name" or "namespace/name"; anything else can only be a missing folder.
+    return os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1
+
+
+def load_augmented(
+    repo_id_or_folder: str | os.PathLike,
+    revision: Optional[str] = None,
+    *,
+    cache_dir: Optional[str] = None,
+) -> DatasetDict:
+    """Load an augmented dataset, ready for retraining.
+
+    Accepts a Hub dataset id (``"<user>/waterbirds-dbb"``, at ``revision``), a local folder
+    in the Hub's layout (what :func:`dbb_hf.hub.save_dataset_folder` writes), or the run's
+    ``save_to_disk`` folder. Every split gets the shared schema of :func:`unify_features`.
+    """
+    source = os.fspath(repo_id_or_folder)
+    if os.path.isdir(source):
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} applies to Hub ids, but {source!r} is a local folder")
+        if _is_saved_to_disk(source):
+            dataset = load_saved(source)
+        else:
+            dataset = load_dataset(source, cache_dir=cache_dir)
+    elif os.path.exists(source):
+        raise DatasetFormatError(f"{source!r} is a file; expected a dataset folder or a Hub dataset id")
+    elif _looks_like_path(source):
+        raise FileNotFoundError(f"dataset folder {source!r} not found")
+    else:
+        dataset = load_dataset(source, revision=revision, cache_dir=cache_dir)
+    return check_augmented(unify_features(dataset), source)

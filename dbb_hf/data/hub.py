@@ -1,0 +1,212 @@
+"""Any image-classification dataset with a spurious attribute: a Hub id or a local folder.
+
+``path`` is a Hub dataset id (read with ``datasets.load_dataset(path, config_name,
+revision=revision)``), a local folder that ``load_dataset`` reads (imagefolder with a
+``metadata.csv``, parquet, csv, ...), or a folder written by ``save_to_disk`` (read with
+``load_from_disk``; a single saved ``Dataset`` counts as the ``train`` split). The user
+names the label, spurious, image and (optionally) example-id columns; the result follows
+the features contract of ``common.py``:
+
+- ``label`` / ``spurious``: the source's ClassLabel names when the column is a ClassLabel,
+  else the sorted unique values of all splits, as strings (so indices agree across splits);
+- ``example_id``: the named column as a string, else ``"<source split>-<row index>"``
+  (the source split name, so ids survive a change of ``split_names`` or a carve);
+- splits: source names are renamed by ``split_names`` (``val`` -> ``validation`` by
+  default); a missing ``test`` or ``validation`` split is carved from ``train`` when
+  ``test_fraction`` / ``validation_fraction`` is set (stratified by group, seeded); splits
+  other than train/validation/test are not returned. Other source columns are dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
+from datasets import config as datasets_config
+
+from .common import SPLITS, DatasetFormatError, base_features, group_id, require_columns
+
+
+def parse_split_names(spec: str) -> dict[str, str]:
+    """``"val=validation,dev=validation"`` -> ``{"val": "validation", "dev": "validation"}``."""
+    mapping = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        source, sep, target = (s.strip() for s in part.partition("="))
+        if not sep or not source or not target:
+            raise ValueError(f"split_names {spec!r}: expected 'source=target,...', got {part!r}")
+        mapping[source] = target
+    return mapping
+
+
+@dataclass
+class HubConfig:
+    path: str = field(metadata={"help": "Hub dataset id, local data folder, or a save_to_disk folder."})
+    label_column: str = field(metadata={"help": "Column holding the class label."})
+    spurious_column: str = field(metadata={"help": "Column holding the spurious attribute."})
+    revision: Optional[str] = field(
+        default=None, metadata={"help": "Hub revision (branch, tag or commit) of the dataset; default main."}
+    )
+    config_name: Optional[str] = field(
+        default=None, metadata={"help": "Dataset configuration (subset) name, if the dataset has several."}
+    )
+    image_column: str = field(
+        default="image", metadata={"help": "Column holding the images (Image feature, or absolute file paths)."}
+    )
+    example_id_column: Optional[str] = field(
+        default=None, metadata={"help": "Column with a stable id per row; default '<split>-<row index>'."}
+    )
+    split_names: str = field(
+        default="val=validation,valid=validation,dev=validation",
+        metadata={"help": "Renaming of source splits as 'source=target,...' (targets train/validation/test)."},
+    )
+    validation_fraction: float = field(
+        default=0.0, metadata={"help": "Fraction of train carved out as validation if the source has none (0: don't)."}
+    )
+    test_fraction: float = field(
+        default=0.0, metadata={"help": "Fraction of train carved out as test if the source has none (0: don't)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the validation/test carve."})
+
+    def __post_init__(self):
+        if self.label_column == self.spurious_column:
+            raise ValueError(f"label_column and spurious_column are both {self.label_column!r}")
+        bad_targets = sorted(set(parse_split_names(self.split_names).values()) - set(SPLITS))
+        if bad_targets:
+            raise ValueError(f"split_names may only map to {list(SPLITS)}, got {bad_targets}")
+        for name in ("validation_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ValueError("validation_fraction + test_fraction must leave some of train for training")
+
+
+def read_source(config: HubConfig) -> DatasetDict:
+    """The source dataset as a DatasetDict (the one place that calls datasets' loaders)."""
+    saved = any(
+        os.path.isfile(os.path.join(config.path, marker))
+        for marker in (datasets_config.DATASETDICT_JSON_FILENAME, datasets_config.DATASET_STATE_JSON_FILENAME)
+    )
+    if saved:
+        loaded = load_from_disk(config.path)
+    else:
+        loaded = load_dataset(config.path, config.config_name, revision=config.revision)
+    return DatasetDict({"train": loaded}) if isinstance(loaded, Dataset) else loaded
+
+
+def _classes(splits: list[Dataset], column: str) -> tuple[list[str], Optional[dict]]:
+    """Class names of ``column`` and the value -> index lookup (None for a ClassLabel)."""
+    feature = splits[0].features[column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names), None
+    values = set()
+    for dataset in splits:
+        unique = dataset.unique(column)
+        if None in unique:
+            raise DatasetFormatError(f"column {column!r} has empty values")
+        values.update(unique)
+    ordered = sorted(values)
+    return [str(v) for v in ordered], {v: i for i, v in enumerate(ordered)}
+
+
+def _to_contract(batch, indices, *, config: HubConfig, lookups: dict, num_spurious: int, split: str) -> dict:
+    columns = {}
+    for target, source in (("label", config.label_column), ("spurious", config.spurious_column)):
+        lookup = lookups[target]
+        columns[target] = [v if lookup is None else lookup[v] for v in batch[source]]
+    if config.example_id_column:
+        example_ids = [str(v) for v in batch[config.example_id_column]]
+    else:
+        example_ids = [f"{split}-{i}" for i in indices]
+    return {
+        "image": batch[config.image_column],
+        "label": columns["label"],
+        "spurious": columns["spurious"],
+        "group": [group_id(y, s, num_spurious) for y, s in zip(columns["label"], columns["spurious"])],
+        "example_id": example_ids,
+    }
+
+
+def _holdout(dataset: Dataset, fraction: float, seed) -> tuple[Dataset, Dataset]:
+    """Split ``dataset`` into (rest, held out), holding out ``fraction`` of every group."""
+    groups = np.asarray(dataset["group"])
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(groups), dtype=bool)
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        held[members[rng.permutation(len(members))[: round(fraction * len(members))]]] = True
+    return dataset.select(np.flatnonzero(~held)), dataset.select(np.flatnonzero(held))
+
+
+def _select_splits(source: DatasetDict, config: HubConfig) -> dict[str, tuple[str, Dataset]]:
+    """``{contract split: (source split name, dataset)}`` after renaming by ``split_names``."""
+    renames = parse_split_names(config.split_names)
+    selected = {}
+    for name, dataset in source.items():
+        target = renames.get(name, name)
+        if target in selected:
+            raise DatasetFormatError(
+                f"{config.path}: splits {selected[target][0]!r} and {name!r} both map to {target!r}"
+            )
+        if target in SPLITS:
+            selected[target] = (name, dataset)
+    if "train" not in selected:
+        raise DatasetFormatError(f"{config.path} has no train split; it has {list(source)} (split_names={renames})")
+    return selected
+
+
+def _check_columns(dataset: Dataset, config: HubConfig, split: str) -> None:
+    wanted = [config.image_column, config.label_column, config.spurious_column]
+    wanted += [config.example_id_column] if config.example_id_column else []
+    require_columns(dataset.column_names, wanted, f"{config.path} split {split!r}")
+    image_feature = dataset.features[config.image_column]
+    if not (isinstance(image_feature, Image) or getattr(image_feature, "dtype", None) in ("string", "large_string")):
+        raise DatasetFormatError(
+            f"{config.path}: column {config.image_column!r} should hold images or file paths, it is {image_feature}"
+        )
+
+
+def load_hub(config: HubConfig) -> DatasetDict:
+    """Load a Hub or local dataset and cast it to the features contract."""
+    source = read_source(config)
+    selected = _select_splits(source, config)
+    for source_name, dataset in selected.values():
+        _check_columns(dataset, config, source_name)
+    parts = [dataset for _, dataset in selected.values()]
+    label_names, label_lookup = _classes(parts, config.label_column)
+    spurious_names, spurious_lookup = _classes(parts, config.spurious_column)
+    features = base_features(label_names, spurious_names)
+    result = {}
+    for target, (source_name, dataset) in selected.items():
+        # decode=False: images pass through as stored (path or bytes), never decoded here.
+        dataset = dataset.cast_column(config.image_column, Image(decode=False))
+        result[target] = dataset.map(
+            _to_contract,
+            batched=True,
+            with_indices=True,
+            remove_columns=dataset.column_names,
+            features=features,
+            fn_kwargs={
+                "config": config,
+                "lookups": {"label": label_lookup, "spurious": spurious_lookup},
+                "num_spurious": len(spurious_names),
+                "split": source_name,
+            },
+            desc=f"contract ({source_name})",
+        )
+
+    # Fractions are of the source train split, whichever carve happens first.
+    train_size = len(result["train"])
+    for carve, fraction, offset in (("test", config.test_fraction, 0), ("validation", config.validation_fraction, 1)):
+        if carve in result:
+            continue
+        if fraction <= 0:
+            raise DatasetFormatError(
+                f"{config.path} has no {carve} split (it has {list(source)}): "
+                f"set {carve}_fraction to carve one from train, or map a split to it with split_names"
+            )
+        relative = fraction * train_size / len(result["train"])
+        result["train"], result[carve] = _holdout(result["train"], relative, [config.seed, offset])
+    return DatasetDict({split: result[split] for split in SPLITS})

@@ -1,0 +1,477 @@
+"""Stage 3: a binary mask of each image's causal object, found from its class name.
+
+The paper masks with LangSAM: GroundingDINO turns the text prompt (the class name, e.g.
+"bird.") into boxes, and SAM segments the object inside a box. The ``grounded_sam``
+backend is the same model pair loaded through transformers (LangSAM's own defaults:
+``IDEA-Research/grounding-dino-base`` with ``facebook/sam2.1-hiera-small``; set
+``segmenter_id="facebook/sam-vit-huge"`` for the SAM ViT-H of LangSAM's first release),
+with LangSAM's thresholds (box 0.3, text 0.25) and box prompts with
+``multimask_output=False``. Two other backends: ``column`` copies a mask column the
+dataset already has (the toy benchmark's ground truth), and ``lang_sam`` calls the
+``lang_sam`` package itself when it is installed.
+
+Which mask is kept (``mask_policy``):
+- ``first``: the mask of the highest-scoring box. The authors' code keeps ``masks[0]`` of
+  LangSAM's output, which lists boxes in GroundingDINO's query order (queries come from
+  the encoder's most confident proposals, not re-sorted by final score); the highest
+  score is the deterministic reading of "the first detection".
+- ``union``: the masks of all detected boxes OR-ed together.
+
+Columns added: ``mask`` (Image, mode "L", 0/255, the image's size), ``mask_box`` (list of
+4 float32, xyxy pixels: the chosen box, or the box enclosing all boxes for ``union``, or
+the mask's own bounding box for ``column``; empty when nothing was detected),
+``mask_score`` (float32: the chosen box's detection score, the best score for ``union``,
+1.0 for a non-empty ``column`` mask, 0.0 when nothing was found) and ``mask_status``
+("ok", "no_detection": no box above the threshold, "empty_mask": a box but no mask
+pixel). Every row is kept; a row without a mask gets an all-zero mask and its status.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, Image as ImageFeature, List, Value
+import torch.nn.functional as F
+from PIL import Image
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    GroundingDinoForObjectDetection,
+    GroundingDinoProcessor,
+    Sam2Model,
+    SamModel,
+)
+
+from .stages import apply_stage, run_resumable
+
+BACKENDS = ("grounded_sam", "column", "lang_sam")
+MASK_POLICIES = ("first", "union")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# SAM and SAM 2 take the same box prompts and return masks of the same layout; the
+# checkpoint's model_type says which of the two classes holds its weights.
+SEGMENTER_CLASSES = {"sam": SamModel, "sam2": Sam2Model}
+
+OK, NO_DETECTION, EMPTY_MASK = "ok", "no_detection", "empty_mask"
+MASK_FEATURES = {
+    "mask": ImageFeature(),
+    "mask_box": List(Value("float32")),
+    "mask_score": Value("float32"),
+    "mask_status": Value("string"),
+}
+
+
+@dataclass
+class MaskingConfig:
+    backend: str = field(
+        default="grounded_sam",
+        metadata={
+            "help": "grounded_sam (GroundingDINO + SAM in transformers), column (copy the mask column "
+            "`mask_column`) or lang_sam (the lang_sam package, if installed)."
+        },
+    )
+    detector_id: str = field(
+        default="IDEA-Research/grounding-dino-base",
+        metadata={"help": "GroundingDINO checkpoint (Hub id or folder); LangSAM uses grounding-dino-base."},
+    )
+    detector_revision: str = field(
+        default="12bdfa3120f3e7ec7b434d90674b3396eccf88eb",
+        metadata={"help": "Hub revision (commit) of detector_id."},
+    )
+    segmenter_id: str = field(
+        default="facebook/sam2.1-hiera-small",
+        metadata={"help": "SAM or SAM 2 checkpoint (Hub id or folder); the class follows its model_type."},
+    )
+    segmenter_revision: str = field(
+        default="ee5bba1d82bb8749febdf90f45e84b687142ba03",
+        metadata={"help": "Hub revision (commit) of segmenter_id."},
+    )
+    box_threshold: float = field(
+        default=0.3, metadata={"help": "Keep boxes whose best token score is above this (LangSAM: 0.3)."}
+    )
+    text_threshold: float = field(
+        default=0.25, metadata={"help": "Token score for a box's text label (LangSAM: 0.25); never drops a box."}
+    )
+    mask_policy: str = field(
+        default="first",
+        metadata={"help": "first: the mask of the highest-scoring box; union: all boxes' masks OR-ed."},
+    )
+    dilation: int = field(
+        default=0, metadata={"help": "Grow the mask by this many pixels (square neighbourhood)."}
+    )
+    prompt_template: str = field(
+        default="{class_name}.",
+        metadata={"help": "Text prompt; {class_name} is the row's class name, lower-cased, '_' as spaces."},
+    )
+    mask_column: str = field(
+        default="mask", metadata={"help": "Backend column: the existing mask column to copy."}
+    )
+    lang_sam_type: str = field(
+        default="sam2.1_hiera_small", metadata={"help": "Backend lang_sam: LangSAM's sam_type."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Images per detector/segmenter forward pass."})
+    torch_dtype: str = field(default="float32", metadata={"help": "float32, float16 or bfloat16."})
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.mask_policy not in MASK_POLICIES:
+            raise ValueError(f"mask_policy must be one of {MASK_POLICIES}, got {self.mask_policy!r}")
+        for name in ("box_threshold", "text_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.dilation < 0:
+            raise ValueError(f"dilation must be >= 0, got {self.dilation}")
+        if "{class_name}" not in self.prompt_template:
+            raise ValueError(f"prompt_template must contain '{{class_name}}', got {self.prompt_template!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.torch_dtype not in DTYPES:
+            raise ValueError(f"torch_dtype must be one of {sorted(DTYPES)}, got {self.torch_dtype!r}")
+
+
+@dataclass
+class MaskingModels:
+    """Everything a masking backend runs, loaded once and passed to :func:`mask_batch`."""
+
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    detector_processor: Any = None
+    detector: Any = None
+    segmenter_processor: Any = None
+    segmenter: Any = None
+    lang_sam: Any = None
+
+
+def _require_lang_sam():
+    if importlib.util.find_spec("lang_sam") is None:
+        raise ImportError(
+            "backend 'lang_sam' needs the lang_sam package, which is not installed (it is not on PyPI: "
+            "pip install git+https://github.com/luca-medeiros/lang-segment-anything). Backend "
+            "'grounded_sam' runs the same model pair (GroundingDINO + SAM 2) through transformers."
+        )
+    from lang_sam import LangSAM
+
+    return LangSAM
+
+
+def load_masking_models(config: MaskingConfig, device: str | torch.device | None = None) -> MaskingModels:
+    """Load the detector and segmenter of ``config`` (or LangSAM) onto ``device``."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[config.torch_dtype]
+    if config.backend == "column":
+        raise ValueError("backend 'column' copies an existing mask column and loads no models")
+    if config.backend == "lang_sam":
+        return MaskingModels(device=device, lang_sam=_require_lang_sam()(sam_type=config.lang_sam_type))
+
+    detector_source = {"pretrained_model_name_or_path": config.detector_id, "revision": config.detector_revision}
+    segmenter_source = {"pretrained_model_name_or_path": config.segmenter_id, "revision": config.segmenter_revision}
+    detector_type = AutoConfig.from_pretrained(**detector_source).model_type
+    if detector_type != "grounding-dino":
+        raise ValueError(f"detector_id {config.detector_id!r} is a {detector_type!r} checkpoint, not grounding-dino")
+    segmenter_type = AutoConfig.from_pretrained(**segmenter_source).model_type
+    if segmenter_type not in SEGMENTER_CLASSES:
+        raise ValueError(
+            f"segmenter_id {config.segmenter_id!r} is a {segmenter_type!r} checkpoint; "
+            f"expected one of {sorted(SEGMENTER_CLASSES)}"
+        )
+    detector = GroundingDinoForObjectDetection.from_pretrained(**detector_source, dtype=dtype)
+    segmenter = SEGMENTER_CLASSES[segmenter_type].from_pretrained(**segmenter_source, dtype=dtype)
+    return MaskingModels(
+        device=device,
+        dtype=dtype,
+        detector_processor=GroundingDinoProcessor.from_pretrained(**detector_source),
+        detector=detector.to(device).eval(),
+        # AutoProcessor: SAM and SAM 2 checkpoints name their own processor class.
+        segmenter_processor=AutoProcessor.from_pretrained(**segmenter_source),
+        segmenter=segmenter.to(device).eval(),
+    )
+
+
+# --- adapters over transformers' post-processing (argument names changed across releases) ---
+
+
+def post_process_grounded_detection(
+    processor, outputs, input_ids, *, box_threshold: float, text_threshold: float, target_sizes
+) -> list[dict]:
+    """GroundingDINO outputs -> per image ``{"boxes" (n, 4) xyxy pixels, "scores" (n,), "text_labels"}``.
+
+    The box threshold is called ``threshold`` in recent transformers and ``box_threshold``
+    in older ones, and the phrases moved from ``labels`` to ``text_labels``.
+    """
+    method = processor.post_process_grounded_object_detection
+    keyword = "threshold" if "threshold" in inspect.signature(method).parameters else "box_threshold"
+    results = method(
+        outputs, input_ids, **{keyword: box_threshold}, text_threshold=text_threshold, target_sizes=target_sizes
+    )
+    return [
+        {
+            "boxes": result["boxes"],
+            "scores": result["scores"],
+            "text_labels": result["text_labels"] if "text_labels" in result else result["labels"],
+        }
+        for result in results
+    ]
+
+
+def post_process_masks(processor, pred_masks, inputs) -> list[torch.Tensor]:
+    """Segmenter outputs -> per image boolean masks ``(num_boxes, 1, H, W)`` at the original size.
+
+    SAM needs the resized (unpadded) input sizes to crop its padding; SAM 2 resizes without
+    padding and takes only the original sizes.
+    """
+    method = processor.image_processor.post_process_masks
+    sizes = [inputs["original_sizes"]]
+    if "reshaped_input_sizes" in inspect.signature(method).parameters:
+        sizes.append(inputs["reshaped_input_sizes"])
+    return method(pred_masks.float().cpu(), *sizes)
+
+
+# --- mask arithmetic ---
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Binary dilation of a boolean mask with a (2 * pixels + 1) square (a max filter)."""
+    if pixels == 0:
+        return mask
+    grid = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return F.max_pool2d(grid, 2 * pixels + 1, stride=1, padding=pixels)[0, 0].numpy() > 0
+
+
+def mask_bbox(mask: np.ndarray) -> list[float]:
+    """xyxy pixel-edge box of a mask's pixels (x2, y2 exclusive); empty list for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return []
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def _mask_image(mask: np.ndarray) -> Image.Image:
+    return Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+
+
+def _select(scores: np.ndarray, policy: str) -> np.ndarray:
+    """Indices of the boxes whose masks make up the result."""
+    if len(scores) == 0:
+        return np.zeros(0, dtype=int)
+    return np.array([int(np.argmax(scores))]) if policy == "first" else np.arange(len(scores))
+
+
+def _row(size: tuple[int, int], boxes: np.ndarray, scores: np.ndarray, masks: np.ndarray, dilation: int) -> dict:
+    """One output row from the selected boxes, their scores and their masks ``(n, H, W)``."""
+    width, height = size
+    if len(boxes) == 0:
+        empty = _mask_image(np.zeros((height, width), bool))
+        return {"mask": empty, "mask_box": [], "mask_score": 0.0, "mask_status": NO_DETECTION}
+    mask = dilate(np.any(masks, axis=0), dilation)
+    box = [
+        float(np.clip(boxes[:, 0].min(), 0, width)),
+        float(np.clip(boxes[:, 1].min(), 0, height)),
+        float(np.clip(boxes[:, 2].max(), 0, width)),
+        float(np.clip(boxes[:, 3].max(), 0, height)),
+    ]
+    status = OK if mask.any() else EMPTY_MASK
+    return {"mask": _mask_image(mask), "mask_box": box, "mask_score": float(scores.max()), "mask_status": status}
+
+
+def _columns(rows: list[dict]) -> dict:
+    return {name: [row[name] for row in rows] for name in MASK_FEATURES}
+
+
+# --- backends ---
+
+
+def prompt_for(class_name: str, template: str) -> str:
+    """The text prompt of a class: lower-cased, '_' as spaces, ending in '.' as GroundingDINO expects."""
+    prompt = template.format(class_name=class_name.replace("_", " ").lower()).strip()
+    # A prompt without the trailing "." would also be read by the processor as a list of labels.
+    return prompt if prompt.endswith(".") else prompt + "."
+
+
+def _to(inputs, device: torch.device, dtype: torch.dtype) -> dict:
+    return {
+        key: (value.to(device, dtype) if value.is_floating_point() else value.to(device))
+        if isinstance(value, torch.Tensor)
+        else value
+        for key, value in inputs.items()
+    }
+
+
+@torch.inference_mode()
+def detect(images: list[Image.Image], prompts: list[str], *, models: MaskingModels, config: MaskingConfig):
+    """GroundingDINO boxes for one prompt per image: ``[(boxes (n, 4) float32, scores (n,))]``."""
+    inputs = models.detector_processor(images=images, text=prompts, padding=True, return_tensors="pt")
+    outputs = models.detector(**_to(inputs, models.device, models.dtype))
+    results = post_process_grounded_detection(
+        models.detector_processor,
+        outputs,
+        inputs["input_ids"].to(models.device),
+        box_threshold=config.box_threshold,
+        text_threshold=config.text_threshold,
+        target_sizes=[image.size[::-1] for image in images],
+    )
+    return [
+        (r["boxes"].float().cpu().numpy().reshape(-1, 4), r["scores"].float().cpu().numpy().reshape(-1))
+        for r in results
+    ]
+
+
+@torch.inference_mode()
+def segment(images: list[Image.Image], boxes: list[np.ndarray], *, models: MaskingModels) -> list[np.ndarray]:
+    """SAM masks ``(n_i, H, W)`` for the ``n_i >= 1`` boxes of each image, one mask per box."""
+    counts = [len(b) for b in boxes]
+    most = max(counts)
+    # The processors need the same number of boxes per image: repeat an image's first box,
+    # whose duplicate masks are dropped below.
+    padded = [np.concatenate([b, np.repeat(b[:1], most - len(b), axis=0)]).tolist() for b in boxes]
+    inputs = models.segmenter_processor(images=images, input_boxes=padded, return_tensors="pt")
+    outputs = models.segmenter(**_to(inputs, models.device, models.dtype), multimask_output=False)
+    masks = post_process_masks(models.segmenter_processor, outputs.pred_masks, inputs)
+    return [m[:n, 0].numpy().astype(bool) for m, n in zip(masks, counts)]
+
+
+def _grounded_sam_rows(images, prompts, *, models: MaskingModels, config: MaskingConfig) -> list[dict]:
+    detections = detect(images, prompts, models=models, config=config)
+    chosen = [_select(scores, config.mask_policy) for _, scores in detections]
+    todo = [i for i, idx in enumerate(chosen) if len(idx)]
+    masks = {}
+    if todo:
+        found = segment([images[i] for i in todo], [detections[i][0][chosen[i]] for i in todo], models=models)
+        masks = dict(zip(todo, found))
+    rows = []
+    for i, (image, (boxes, scores)) in enumerate(zip(images, detections)):
+        empty = np.zeros((0, image.height, image.width), bool)
+        rows.append(_row(image.size, boxes[chosen[i]], scores[chosen[i]], masks.get(i, empty), config.dilation))
+    return rows
+
+
+def _lang_sam_rows(images, prompts, *, models: MaskingModels, config: MaskingConfig) -> list[dict]:
+    results = models.lang_sam.predict(
+        images, prompts, box_threshold=config.box_threshold, text_threshold=config.text_threshold
+    )
+    rows = []
+    for image, result in zip(images, results):
+        boxes = np.asarray(result["boxes"], dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(result["scores"], dtype=np.float32).reshape(-1)
+        masks = np.asarray(result["masks"]).reshape(len(boxes), image.height, image.width) > 0
+        idx = _select(scores, config.mask_policy)
+        rows.append(_row(image.size, boxes[idx], scores[idx], masks[idx], config.dilation))
+    return rows
+
+
+def _column_rows(batch: dict, config: MaskingConfig) -> list[dict]:
+    rows = []
+    for i, (image, source) in enumerate(zip(batch["image"], batch[config.mask_column])):
+        if source is None or source.size != image.size:
+            name = batch["example_id"][i] if "example_id" in batch else f"row {i} of the batch"
+            found = None if source is None else source.size
+            raise ValueError(
+                f"{name}: column {config.mask_column!r} holds a mask of size {found}, the image is {image.size}"
+            )
+        mask = dilate(np.asarray(source.convert("L")) > 127, config.dilation)
+        box = mask_bbox(mask)
+        status, score = (OK, 1.0) if box else (EMPTY_MASK, 0.0)
+        rows.append({"mask": _mask_image(mask), "mask_box": box, "mask_score": score, "mask_status": status})
+    return rows
+
+
+def mask_batch(
+    batch: dict, *, models: MaskingModels | None, config: MaskingConfig, class_names: Sequence[str]
+) -> dict:
+    """Map function: the ``mask*`` columns of a batch (prompt = class name of the row's ``label``)."""
+    if config.backend == "column":
+        return _columns(_column_rows(batch, config))
+    images = [image.convert("RGB") for image in batch["image"]]
+    prompts = [prompt_for(class_names[label], config.prompt_template) for label in batch["label"]]
+    rows = []
+    for start in range(0, len(images), config.batch_size):
+        chunk = slice(start, start + config.batch_size)
+        backend_rows = _lang_sam_rows if config.backend == "lang_sam" else _grounded_sam_rows
+        rows += backend_rows(images[chunk], prompts[chunk], models=models, config=config)
+    return _columns(rows)
+
+
+def _check_dataset(dataset: Dataset, config: MaskingConfig, class_names: Sequence[str] | None) -> list[str]:
+    needed = ["image", config.mask_column] if config.backend == "column" else ["image", "label"]
+    missing = [c for c in needed if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"masking (backend {config.backend!r}) needs column(s) {missing}; the dataset has {dataset.column_names}"
+        )
+    # A stage adds columns and never rewrites its input; copying `mask` onto itself unchanged is the one exception.
+    clashes = [c for c in MASK_FEATURES if c in dataset.column_names]
+    if config.backend == "column" and config.mask_column == "mask" and config.dilation == 0:
+        clashes = [c for c in clashes if c != "mask"]
+    if clashes:
+        raise ValueError(
+            f"the dataset already has column(s) {clashes} that masking would overwrite; rename them first "
+            f"(e.g. dataset.rename_column('mask', 'gt_mask')) or use backend='column' to reuse a mask column"
+        )
+    if config.backend == "column":
+        return []
+    if class_names is None:
+        if not isinstance(dataset.features["label"], ClassLabel):
+            raise ValueError("column 'label' is not a ClassLabel: pass class_names (one text prompt per label)")
+        class_names = dataset.features["label"].names
+    labels = set(dataset.unique("label"))
+    if labels and (min(labels) < 0 or max(labels) >= len(class_names)):
+        raise ValueError(f"labels {sorted(labels)} need {max(labels) + 1} class names, got {list(class_names)}")
+    return list(class_names)
+
+
+def run_masking(
+    dataset: Dataset,
+    config: MaskingConfig,
+    *,
+    class_names: Sequence[str] | None = None,
+    models: MaskingModels | None = None,
+    device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    shard_size: int = 256,
+    process_index: int = 0,
+    num_processes: int = 1,
+    wait_for_everyone=None,
+) -> Dataset:
+    """Add the ``mask`` columns to every row of ``dataset``.
+
+    ``class_names[label]`` is the text prompt of each label (default: the names of the
+    ``label`` ClassLabel; the paper prompts "bird" for both Waterbirds classes, "animal"
+    for MetaShift and "hair" for CelebA). Models are loaded from ``config`` unless given.
+    With ``output_dir`` the stage runs shard by shard and resumes after a crash (several
+    processes: pass ``process_index``/``num_processes``/``wait_for_everyone`` from
+    Accelerate); otherwise it is one ``datasets.map``, cached in ``cache_dir`` if given.
+    """
+    class_names = _check_dataset(dataset, config, class_names)
+    if config.backend == "column":
+        parts = [config.mask_column]
+    else:
+        models = models or load_masking_models(config, device)
+        prompts = [prompt_for(name, config.prompt_template) for name in class_names]
+        models_used = [config.detector_id, config.detector_revision, config.segmenter_id, config.segmenter_revision]
+        parts = [*models_used, prompts]
+    common = dict(
+        stage="masking",
+        config=config,
+        new_features=MASK_FEATURES,
+        fn_kwargs={"models": models, "config": config, "class_names": class_names},
+        batch_size=config.batch_size,
+        fingerprint_parts=parts,
+    )
+    if output_dir is not None:
+        return run_resumable(
+            dataset,
+            mask_batch,
+            output_dir=output_dir,
+            shard_size=shard_size,
+            process_index=process_index,
+            num_processes=num_processes,
+            wait_for_everyone=wait_for_everyone,
+            **common,
+        )
+    return apply_stage(dataset, mask_batch, cache_dir=cache_dir, **common)

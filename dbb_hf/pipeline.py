@@ -1,0 +1,351 @@
+"""The whole method end to end, resumable: ERM, selection, causal tokens, masks,
+generation, pruning, upweighted retraining and evaluation.
+
+Each stage saves its output under ``output_dir/<stage>/`` together with a fingerprint of
+everything it depends on (its config, the upstream stages' fingerprints, the data
+config); a rerun reuses every stage whose fingerprint matches and redoes the rest. The
+long stages (masks, generation, pruning) write their output shard by shard, so a run
+killed in the middle resumes without redoing finished shards; training resumes from its
+epoch checkpoints. Under ``accelerate launch`` the sharded stages and training are split
+across processes; the other stages run on the main process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from accelerate import PartialState
+from datasets import ClassLabel, Dataset, DatasetDict, Image as ImageFeature, Value, load_from_disk
+
+from . import __version__
+from .config import DataConfig, to_yaml
+from .inpainting import InpaintingConfig, load_inpainting_pipeline, prepare_donors, run_inpainting
+from .masking import MaskingConfig, load_masking_models, run_masking
+from .modeling import ClassifierConfig, load_classifier
+from .pruning import PruningConfig, apply_thresholds, class_confidence, score_edits
+from .selection import SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
+from .stages import load_stage_output, save_stage_output, stage_fingerprint
+from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
+from .training import TrainingConfig, _train_group_counts, evaluate_split, train_classifier
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = field(default="runs/dbb", metadata={"help": "Run folder: every stage's output goes under it."})
+    class_prompts: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Word(s) naming each class's causal object in prompts and for masking "
+                  "(Waterbirds: bird bird; CelebA: hair hair); default: the class names."},
+    )
+    erm_model: Optional[str] = field(default=None, metadata={"help": "A trained ERM classifier folder: skip ERM training."})
+    augmented_dataset: Optional[str] = field(
+        default=None, metadata={"help": "A published augmented dataset (Hub id or folder): skip generation."}
+    )
+    retrain_from_erm: bool = field(
+        default=True, metadata={"help": "Retraining continues from the ERM weights (Algorithm 2) rather than the initial ones."}
+    )
+    shard_size: int = field(default=64, metadata={"help": "Rows per saved shard of the long stages (the unit of resuming)."})
+    device: Optional[str] = field(default=None, metadata={"help": "Torch device; default: this process's accelerator device."})
+    num_grid_examples: int = field(default=12, metadata={"help": "Edits shown in the report's picture grid."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the augmented dataset, tokens and model at the end."})
+    hub_namespace: Optional[str] = field(default=None, metadata={"help": "Hub user or organisation to push to."})
+    hub_private: bool = field(default=False, metadata={"help": "Create private Hub repositories."})
+
+    def __post_init__(self):
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
+        if self.push_to_hub and not self.hub_namespace:
+            raise ValueError("push_to_hub needs hub_namespace")
+
+
+SECTIONS = {
+    "classifier": ClassifierConfig,
+    "erm": TrainingConfig,
+    "selection": SelectionConfig,
+    "textual_inversion": TextualInversionConfig,
+    "masking": MaskingConfig,
+    "inpainting": InpaintingConfig,
+    "pruning": PruningConfig,
+    "retraining": TrainingConfig,
+}
+STAGES = ("erm", "scores", "selection", "tokens", "masks", "generation", "pruning", "augmented", "retrained", "report")
+
+
+class Pipeline:
+    """Runs the stages in order, reusing every finished stage whose fingerprint matches."""
+
+    def __init__(self, data: DataConfig, run: RunConfig, configs: dict):
+        missing = sorted(set(SECTIONS) - set(configs))
+        if missing:
+            raise ValueError(f"missing config sections {missing}")
+        self.data, self.run, self.configs = data, run, configs
+        self.out = Path(run.output_dir)
+        self.state = PartialState()
+        self.device = run.device or str(self.state.device)
+        self.timings: dict[str, float] = {}
+        self.reused: list[str] = []
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _cached(self, stage: str, fingerprint: str, compute):
+        """The saved output of ``stage`` if its fingerprint matches, else ``compute(stage_dir)`` saved."""
+        stage_dir = self.out / stage
+        start = time.perf_counter()
+        found = load_stage_output(stage_dir, fingerprint)
+        if found is not None:
+            self.reused.append(stage)
+            self.timings[stage] = time.perf_counter() - start
+            return found
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        result = compute(stage_dir)
+        if self.state.is_main_process:
+            save_stage_output(stage_dir, result, fingerprint, {"seconds": time.perf_counter() - start})
+        self.state.wait_for_everyone()
+        self.timings[stage] = time.perf_counter() - start
+        return load_stage_output(stage_dir, fingerprint)
+
+    def _sharding(self) -> dict:
+        return {
+            "process_index": self.state.process_index,
+            "num_processes": self.state.num_processes,
+            "wait_for_everyone": self.state.wait_for_everyone,
+        }
+
+    def _main_only(self, stage_dir: Path, compute):
+        """Run ``compute`` on the main process; the others get its saved result."""
+        if self.state.is_main_process:
+            compute().save_to_disk(stage_dir / "main")
+        self.state.wait_for_everyone()
+        return load_from_disk(stage_dir / "main")
+
+    # ------------------------------------------------------------------ stages
+
+    def class_prompts(self, dataset: DatasetDict) -> list[str]:
+        names = dataset["train"].features["label"].names
+        prompts = self.run.class_prompts or [n.replace("_", " ") for n in names]
+        if len(prompts) != len(names):
+            raise ValueError(f"class_prompts needs one entry per class {names}, got {prompts}")
+        return list(prompts)
+
+    def train_erm(self, dataset: DatasetDict, fp_data: str) -> tuple[str, str]:
+        if self.run.erm_model:
+            return self.run.erm_model, stage_fingerprint("erm-given", self.run.erm_model)
+        start = time.perf_counter()
+        config = dataclasses.replace(self.configs["erm"], output_dir=str(self.out / "erm"))
+        fp = stage_fingerprint("erm", [self.configs["classifier"], dataclasses.replace(config, output_dir="")], fp_data)
+        done = self.out / "erm" / "stage.json"
+        if done.exists() and json.loads(done.read_text())["fingerprint"] == fp:
+            self.reused.append("erm")
+        else:
+            result = train_classifier(
+                dataset["train"], dataset["validation"], self.configs["classifier"], config,
+                metadata={"stage": "erm", "dataset": dataclasses.asdict(self.data)},
+            )
+            if self.state.is_main_process:
+                done.write_text(json.dumps({"fingerprint": fp, "best_epoch": result.best_epoch}))
+            self.state.wait_for_everyone()
+        self.timings["erm"] = time.perf_counter() - start
+        return str(self.out / "erm" / "model"), fp
+
+    def generate(self, dataset: DatasetDict, erm_dir: str, fp_erm: str):
+        """Stages 1-5: the pruned set of edits with every provenance column, and Psi."""
+        prompts = self.class_prompts(dataset)
+        model = load_classifier(erm_dir, device=self.device)
+        cfg = self.configs
+
+        scored = self._cached(
+            "scores", stage_fingerprint("scores", {}, fp_erm),
+            lambda d: self._main_only(d, lambda: score_dataset(dataset["train"], model, device=self.device, model_id=fp_erm)),
+        )
+        Psi = class_confidence(scored)
+
+        fp_sel = stage_fingerprint("selection", cfg["selection"], fp_erm)
+        selected = self._cached("selection", fp_sel, lambda d: select_lowest_loss(scored, cfg["selection"]))
+        purity = selection_purity(selected, dataset["train"]) if "group" in selected.column_names else None
+
+        tokens, fp_tok = None, fp_sel
+        if cfg["inpainting"].backend == "diffusers":
+            tokens, fp_tok = self._learn_tokens(dataset, scored, prompts, fp_sel)
+
+        fp_mask = stage_fingerprint("masks", cfg["masking"], prompts, fp_sel)
+        masked = self._cached("masks", fp_mask, lambda d: self._run_masking(selected, prompts, d))
+
+        fp_gen = stage_fingerprint("generation", cfg["inpainting"], prompts, fp_mask, fp_tok)
+        generated = self._cached("generation", fp_gen, lambda d: self._run_generation(masked, prompts, tokens, d))
+
+        fp_prune = stage_fingerprint("pruning", cfg["pruning"], fp_gen, fp_erm)
+        pruned = self._cached(
+            "pruning", fp_prune,
+            lambda d: apply_thresholds(
+                score_edits(generated, model, cfg["pruning"], Psi=Psi, output_dir=d, model_fingerprint=fp_erm, **self._sharding()),
+                cfg["pruning"].P, Psi=Psi, psi_rule=cfg["pruning"].psi_rule,
+            ),
+        )
+        return pruned, {"Psi": Psi, "purity": purity, "tokens": tokens, "fingerprint": fp_prune, "model": model}
+
+    def _learn_tokens(self, dataset, scored, prompts, fp_sel):
+        cfg = self.configs
+        fp = stage_fingerprint("tokens", cfg["textual_inversion"], cfg["selection"], prompts, fp_sel)
+        ti_rows = self._cached(
+            "textual_inversion_images", fp,
+            lambda d: self._main_only(d, lambda: select_textual_inversion(scored, dataset["validation"], cfg["selection"])),
+        )
+        per_class = {c: ti_rows.filter(lambda y: y == c, input_columns="label")["image"] for c in range(len(prompts))}
+        start = time.perf_counter()
+        tokens = learn_tokens(per_class, prompts, cfg["textual_inversion"], str(self.out / "tokens"))
+        self.timings["tokens"] = time.perf_counter() - start
+        return [tokens[c] for c in range(len(prompts))], fp
+
+    def _run_masking(self, selected: Dataset, prompts, stage_dir: Path) -> Dataset:
+        config = self.configs["masking"]
+        models = None if config.backend == "column" else load_masking_models(config, self.device)
+        return run_masking(
+            selected, config, class_names=prompts, models=models, device=self.device,
+            output_dir=stage_dir, shard_size=self.run.shard_size, **self._sharding(),
+        )
+
+    def _run_generation(self, masked: Dataset, prompts, tokens, stage_dir: Path) -> Dataset:
+        config = self.configs["inpainting"]
+        pipe = donors = None
+        if config.backend == "diffusers":
+            pipe = load_inpainting_pipeline(config, self.device)
+            load_tokens(pipe, self.out / "tokens")
+        else:
+            donors = prepare_donors(masked)
+        return run_inpainting(
+            masked, config, pipe=pipe, donors=donors, class_names=prompts, tokens=tokens,
+            output_dir=stage_dir, shard_size=self.run.shard_size, **self._sharding(),
+        )
+
+    # ------------------------------------------------------------------ the run
+
+    def __call__(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.state.is_main_process:
+            (self.out / "config.yaml").write_text(
+                to_yaml({"data": self.data, "run": self.run, **self.configs, "dbb_hf_version": __version__})
+            )
+        start = time.perf_counter()
+        dataset = self.data.load()
+        self.timings["load"] = time.perf_counter() - start
+        fp_data = stage_fingerprint("data", self.data)
+        erm_dir, fp_erm = self.train_erm(dataset, fp_data)
+
+        info = {}
+        if self.run.augmented_dataset:
+            from .augmented import load_augmented
+
+            augmented = load_augmented(self.run.augmented_dataset)
+            fp_aug = stage_fingerprint("augmented-given", self.run.augmented_dataset)
+            pruned = None
+        else:
+            pruned, info = self.generate(dataset, erm_dir, fp_erm)
+            fp_aug = stage_fingerprint("augmented", info["fingerprint"], fp_data)
+            augmented = self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned))
+        retrained_dir = self.retrain(augmented, erm_dir, fp_aug)
+        return self.report(dataset, augmented, pruned, erm_dir, retrained_dir, info)
+
+    def retrain(self, augmented: DatasetDict, erm_dir: str, fp_aug: str) -> str:
+        start = time.perf_counter()
+        config = dataclasses.replace(self.configs["retraining"], output_dir=str(self.out / "retrained"))
+        fp = stage_fingerprint(
+            "retrained", [self.configs["classifier"], dataclasses.replace(config, output_dir="")],
+            fp_aug, erm_dir if self.run.retrain_from_erm else None,
+        )
+        done = self.out / "retrained" / "stage.json"
+        if done.exists() and json.loads(done.read_text())["fingerprint"] == fp:
+            self.reused.append("retrained")
+        else:
+            train_classifier(
+                augmented["train"], augmented["validation"], self.configs["classifier"], config,
+                synthetic=augmented["synthetic"],
+                init_model_dir=erm_dir if self.run.retrain_from_erm else None,
+                metadata={"stage": "retrained", "dataset": dataclasses.asdict(self.data)},
+            )
+            if self.state.is_main_process:
+                done.write_text(json.dumps({"fingerprint": fp}))
+            self.state.wait_for_everyone()
+        self.timings["retrained"] = time.perf_counter() - start
+        return str(self.out / "retrained" / "model")
+
+    def report(self, dataset, augmented, pruned, erm_dir, retrained_dir, info) -> dict:
+        from .report import write_report
+
+        start = time.perf_counter()
+        train_counts = _train_group_counts(dataset["train"])
+        metrics = {}
+        for name, model_dir in (("erm", erm_dir), ("retrained", retrained_dir)):
+            model = load_classifier(model_dir, device=self.device)
+            metrics[name] = {
+                split: evaluate_split(model, dataset[split], train_group_counts=train_counts)
+                for split in ("validation", "test")
+            }
+        report = None
+        if self.state.is_main_process:
+            report = write_report(
+                self.out, metrics=metrics, pruned=pruned, augmented=augmented, info=info,
+                configs=self.configs, data=self.data, timings=self.timings, reused=self.reused,
+                num_grid_examples=self.run.num_grid_examples,
+            )
+            self.timings["report"] = time.perf_counter() - start
+            if self.run.push_to_hub:
+                from .hub import publish_run
+
+                publish_run(str(self.out), namespace=self.run.hub_namespace, private=self.run.hub_private)
+        self.state.wait_for_everyone()
+        return report
+
+
+def build_augmented(dataset: DatasetDict, pruned: Dataset) -> DatasetDict:
+    """Real ``train``, kept edits as ``synthetic`` (label = new class, with provenance), ``validation``, ``test``."""
+    kept = pruned.filter(lambda keep: bool(keep), input_columns="keep")
+    features = dataset["train"].features
+    num_spurious = features["spurious"].num_classes if "spurious" in features else 1
+
+    def to_synthetic(batch):
+        return {
+            "image": batch["generated"],
+            "label": batch["target_label"],
+            "source_label": batch["label"],
+            "source_example_id": batch["example_id"],
+            "example_id": [f"{e}->t{t}" for e, t in zip(batch["example_id"], batch["target_label"])],
+            "group": [t * num_spurious + s for t, s in zip(batch["target_label"], batch.get("spurious", [0] * len(batch["label"])))],
+        }
+
+    drop = [c for c in ("image", "generated", "erm_probs") if c in kept.column_names]
+    synthetic_features = kept.features.copy()
+    synthetic_features["source_label"] = ClassLabel(names=features["label"].names)
+    synthetic_features["source_example_id"] = Value("string")
+    synthetic_features["label"] = features["label"]
+    for column in drop:
+        synthetic_features.pop(column)
+    synthetic_features["image"] = ImageFeature()
+    synthetic = kept.map(
+        to_synthetic, batched=True, remove_columns=drop + ["target_label"],
+        features=_ordered(synthetic_features, features), desc="augmented",
+    ) if len(kept) else _empty_synthetic(kept, synthetic_features, features, drop)
+    return DatasetDict(
+        {"train": dataset["train"], "synthetic": synthetic, "validation": dataset["validation"], "test": dataset["test"]}
+    )
+
+
+def _ordered(synthetic_features, features):
+    from datasets import Features
+
+    order = [c for c in features if c in synthetic_features] + [c for c in synthetic_features if c not in features]
+    return Features({c: synthetic_features[c] for c in order if c != "target_label"})
+
+
+def _empty_synthetic(kept, synthetic_features, features, drop):
+    ordered = _ordered(synthetic_features, features)
+    return Dataset.from_dict({c: [] for c in ordered}, features=ordered)
+

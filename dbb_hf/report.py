@@ -1,0 +1,145 @@
+"""The run's report: ERM versus retrained accuracy, counts per direction, timings, and a
+picture grid of edits (source, mask, edit, integrated-gradient heatmap, verdict)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+from PIL import Image, ImageDraw
+
+from .metrics import format_group_table
+
+TILE = 96
+
+
+def direction_counts(pruned: Dataset) -> dict:
+    """Every selected row accounted for, per direction "<source>-><target>"."""
+    names = pruned.features["label"].names
+    counts = defaultdict(lambda: {"selected": 0, "masked": 0, "generated": 0, "kept": 0, "pruned": 0})
+    columns = pruned.select_columns(["label", "target_label", "mask_status", "generation_status", "keep"]).to_dict()
+    for source, target, mask_status, gen_status, keep in zip(*columns.values()):
+        row = counts[f"{names[source]}->{names[target]}"]
+        row["selected"] += 1
+        row["masked"] += mask_status == "ok"
+        generated = gen_status == "ok"
+        row["generated"] += generated
+        row["kept"] += bool(keep)
+        row["pruned"] += generated and not keep
+    return dict(counts)
+
+
+def _summary(metrics: dict) -> dict:
+    keys = ("worst_group_accuracy", "worst_group", "average_accuracy", "weighted_average_accuracy",
+            "per_group_accuracy", "group_counts")
+    return {k: metrics.get(k) for k in keys}
+
+
+def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, configs, data, timings, reused,
+                 num_grid_examples: int) -> dict:
+    out = Path(out)
+    report = {
+        "erm": _summary(metrics["erm"]["test"]),
+        "retrained": _summary(metrics["retrained"]["test"]),
+        "validation": {name: _summary(m["validation"]) for name, m in metrics.items()},
+        "gain_worst_group_accuracy": metrics["retrained"]["test"]["worst_group_accuracy"]
+        - metrics["erm"]["test"]["worst_group_accuracy"],
+        "counts": direction_counts(pruned) if pruned is not None else None,
+        "synthetic_rows": len(augmented["synthetic"]),
+        "Psi": info.get("Psi"),
+        "P": list(configs["pruning"].P) if isinstance(configs["pruning"].P, (list, tuple)) else configs["pruning"].P,
+        "selection_purity": info.get("purity"),
+        "tokens": info.get("tokens"),
+        "dataset": dataclasses.asdict(data),
+        "models": {
+            "classifier": configs["classifier"].model_name,
+            "inpainting": {"backend": configs["inpainting"].backend, "id": configs["inpainting"].model_id,
+                           "revision": configs["inpainting"].revision},
+            "masking": {"backend": configs["masking"].backend, "detector": configs["masking"].detector_id,
+                        "segmenter": configs["masking"].segmenter_id},
+            "textual_inversion": {"id": configs["textual_inversion"].model_id,
+                                  "revision": configs["textual_inversion"].revision},
+        },
+        "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
+        "reused_stages": reused,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    grid = None
+    if pruned is not None and info.get("model") is not None:
+        grid = edit_grid(pruned, info["model"], configs["pruning"], num_grid_examples)
+        if grid is not None:
+            grid.save(out / "grid.png")
+    (out / "report.md").write_text(_markdown(report, metrics, grid is not None))
+    return report
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _markdown(report: dict, metrics: dict, has_grid: bool) -> str:
+    lines = [
+        "# dbb_hf run report",
+        "",
+        "| model | test worst-group acc. | test average acc. | test weighted avg. | validation worst-group acc. |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("erm", "retrained"):
+        t, v = report[name], report["validation"][name]
+        lines.append(f"| {name} | {_pct(t['worst_group_accuracy'])} | {_pct(t['average_accuracy'])} "
+                     f"| {_pct(t['weighted_average_accuracy'])} | {_pct(v['worst_group_accuracy'])} |")
+    lines += ["", f"Worst-group gain: {100 * report['gain_worst_group_accuracy']:+.1f} points.", ""]
+    for name in ("erm", "retrained"):
+        lines += [f"## {name}: test accuracy per group", "", format_group_table(metrics[name]["test"]), ""]
+    if report["counts"]:
+        lines += ["## Edits per direction", "", "| direction | selected | masked | generated | kept | pruned |",
+                  "|---|---|---|---|---|---|"]
+        for direction, c in report["counts"].items():
+            lines.append(f"| {direction} | {c['selected']} | {c['masked']} | {c['generated']} | {c['kept']} | {c['pruned']} |")
+        lines.append("")
+    lines += [f"Psi (per source class): {report['Psi']}; P (per target class): {report['P']}", ""]
+    lines += ["## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report["timings_seconds"].items()]
+    if report["reused_stages"]:
+        lines += ["", f"Reused from an earlier run: {', '.join(report['reused_stages'])}."]
+    if has_grid:
+        lines += ["", "## Edits", "", "Source, mask, edit, integrated gradients (red: towards the target class), verdict.",
+                  "", "![edits](grid.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _tile(image: Image.Image) -> Image.Image:
+    return image.convert("RGB").resize((TILE, TILE), Image.NEAREST)
+
+
+def edit_grid(pruned: Dataset, model, pruning_config, num_examples: int) -> Image.Image | None:
+    """Rows of source | mask | edit | IG heatmap | verdict, half kept and half pruned edits."""
+    from .pruning import explain_edit
+
+    generated = [i for i, s in enumerate(pruned["generation_status"]) if s == "ok"]
+    if not generated or num_examples < 1:
+        return None
+    keep = pruned.select(generated)["keep"]
+    kept = [i for i, k in zip(generated, keep) if k]
+    dropped = [i for i, k in zip(generated, keep) if not k]
+    half = num_examples // 2
+    rows = kept[: max(half, num_examples - len(dropped))] + dropped[: max(half, num_examples - len(kept))]
+    rows = rows[:num_examples]
+    names = pruned.features["label"].names
+    mask_column = "generated_mask" if "generated_mask" in pruned.column_names else "mask"
+    grid = Image.new("RGB", (TILE * 4 + 220, TILE * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, i in enumerate(rows):
+        ex = pruned[i]
+        explained = explain_edit(model, ex["image"], ex["generated"], ex[mask_column], ex["label"], ex["target_label"], pruning_config)
+        for c, img in enumerate((ex["image"], ex[mask_column], ex["generated"], explained["heatmap"])):
+            grid.paste(_tile(img), (c * TILE, r * TILE))
+        verdict = "kept" if ex["keep"] else f"pruned: {ex['prune_reason']}"
+        text = (f"{names[ex['label']]} -> {names[ex['target_label']]}\n"
+                f"psi={ex['psi']:.3f} (Psi={ex['psi_threshold']:.3f})\nrho={ex['rho']:.3f}\n{verdict}")
+        draw.multiline_text((4 * TILE + 6, r * TILE + 6), text, fill=(0, 0, 0))
+    return grid

@@ -1,0 +1,360 @@
+"""The classifier's training loop, written out the Accelerate way.
+
+One loop serves ERM (stage 0) and the upweighted retraining (stage 6, Eq. 6-8): real and
+synthetic samples are shuffled together (Algorithm 2, line 13) and each sample carries a
+``direction``: -1 for a real image, the new class for a synthetic edit. The loss is
+
+    L = L_train + sum_c gamma_c * L_gen,c
+
+with L_train the mean cross-entropy over the whole batch B (Algorithm 2, line 18) and
+L_gen,c the mean cross-entropy over the synthetic samples of the batch whose new class is
+c (0 when the batch holds none). For two classes, gamma_0 and gamma_1 are the paper's
+gamma_1 (edits labelled with the first class, D'_i) and gamma_2 (D'_i').
+
+Model selection uses validation worst-group accuracy when the validation split has group
+labels and validation accuracy otherwise; the best model is saved in timm's Hub format
+(:func:`dbb_hf.modeling.save_classifier`), loadable without dbb_hf.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from datasets import Dataset, Features, Value, concatenate_datasets
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .metrics import group_metrics
+from .modeling import ClassifierConfig, create_classifier, eval_transform, save_classifier, train_transform
+
+logger = logging.getLogger(__name__)
+
+REAL = -1  # the `direction` of a real training image
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = field(default="runs/erm", metadata={"help": "Where checkpoints and the best model go."})
+    num_epochs: int = field(default=10, metadata={"help": "Training epochs."})
+    train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
+    eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "Weight decay."})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (momentum 0.9), adam or adamw."})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "cosine or constant."})
+    augmentation: str = field(
+        default="timm", metadata={"help": "timm (the model's training transform) or none (evaluation transform)."}
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16."})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader workers (decode and transform)."})
+    seed: int = field(default=0, metadata={"help": "Seed for initialisation and data order."})
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "Epoch checkpoints kept for resuming."})
+    resume: bool = field(default=True, metadata={"help": "Resume from the latest checkpoint in output_dir."})
+    report_to: str = field(default="none", metadata={"help": "Tracker: none, tensorboard, wandb, all."})
+    selection_metric: str = field(
+        default="auto",
+        metadata={"help": "auto (worst-group accuracy when validation groups exist), worst_group_accuracy or accuracy."},
+    )
+    gammas: Optional[list[float]] = field(
+        default=None,
+        metadata={"help": "Upweighting of synthetic samples per new class (Eq. 6): gamma_1 gamma_2 ..."},
+    )
+
+    def __post_init__(self):
+        choices = {
+            "optimizer": ("sgd", "adam", "adamw"),
+            "lr_scheduler": ("cosine", "constant"),
+            "augmentation": ("timm", "none"),
+            "mixed_precision": ("no", "fp16", "bf16"),
+            "selection_metric": ("auto", "worst_group_accuracy", "accuracy"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("num_epochs", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.gammas is not None and any(g < 0 for g in self.gammas):
+            raise ValueError(f"gammas must be non-negative, got {self.gammas}")
+
+
+def dbb_loss(logits: torch.Tensor, labels: torch.Tensor, direction: torch.Tensor, gammas: Sequence[float] | None):
+    """Eq. 6-8: mean CE over the batch plus gamma_c times the mean CE of the edits into class c."""
+    per_sample = F.cross_entropy(logits, labels, reduction="none")
+    loss = per_sample.mean()
+    for new_class, gamma in enumerate(gammas or ()):
+        in_direction = direction == new_class
+        if gamma and bool(in_direction.any()):
+            loss = loss + gamma * per_sample[in_direction].mean()
+    return loss
+
+
+def _batch_transform(transform):
+    def apply(batch):
+        out = {"pixel_values": [transform(img.convert("RGB")) for img in batch["image"]]}
+        for key in ("label", "group", "direction"):
+            if key in batch:
+                out[key] = batch[key]
+        return out
+
+    return apply
+
+
+def _collate(rows):
+    batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows])}
+    for key in ("label", "group", "direction"):
+        if key in rows[0]:
+            batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)
+    return batch
+
+
+def make_loader(dataset: Dataset, transform, batch_size: int, *, shuffle: bool, num_workers: int, seed: int = 0):
+    """A DataLoader that decodes and transforms images in its workers."""
+    columns = [c for c in ("image", "label", "group", "direction") if c in dataset.column_names]
+    dataset = dataset.select_columns(columns).with_transform(_batch_transform(transform))
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+        drop_last=False,
+    )
+
+
+def with_directions(train: Dataset, synthetic: Dataset | None) -> Dataset:
+    """Real images (direction -1) and synthetic edits (direction = new class) in one dataset."""
+    real = train.select_columns(["image", "label", "group"])
+    real = real.add_column("direction", [REAL] * len(real), feature=Value("int64"))
+    if synthetic is None or len(synthetic) == 0:
+        return real
+    if synthetic.features["label"].names != train.features["label"].names:
+        raise ValueError(
+            f"synthetic class names {synthetic.features['label'].names} differ from training's {train.features['label'].names}"
+        )
+    synth = synthetic.select_columns(["image", "label", "group"]).cast(
+        Features({k: real.features[k] for k in ("image", "label", "group")})
+    )
+    synth = synth.add_column("direction", list(synth["label"]), feature=Value("int64"))
+    return concatenate_datasets([real, synth])
+
+
+@torch.inference_mode()
+def predict(model, loader, accelerator: Accelerator | None = None, desc: str = "evaluate"):
+    """Predictions, labels and groups over a loader (gathered across processes)."""
+    model.eval()
+    preds, labels, groups = [], [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=accelerator is not None and not accelerator.is_main_process):
+        logits = model(batch["pixel_values"])
+        p, y, g = logits.argmax(-1), batch["label"], batch.get("group", batch["label"])
+        if accelerator is not None:
+            p, y, g = accelerator.gather_for_metrics((p, y, g))
+        preds.append(p.cpu())
+        labels.append(y.cpu())
+        groups.append(g.cpu())
+    return torch.cat(preds).numpy(), torch.cat(labels).numpy(), torch.cat(groups).numpy()
+
+
+def evaluate_split(model, dataset: Dataset, *, batch_size=128, num_workers=0, accelerator=None, train_group_counts=None):
+    """Worst-group metrics of ``model`` on ``dataset`` (deterministic evaluation preprocessing)."""
+    from .data.common import group_names
+
+    loader = make_loader(dataset, eval_transform(_unwrap(model)), batch_size, shuffle=False, num_workers=num_workers)
+    if accelerator is not None:
+        loader = accelerator.prepare(loader)
+    else:
+        loader = _on_device(loader, next(model.parameters()).device)
+    preds, labels, groups = predict(model, loader, accelerator)
+    names = group_names(dataset.features) if "spurious" in dataset.features else None
+    return group_metrics(preds, labels, groups, group_names=names, train_group_counts=train_group_counts)
+
+
+def _on_device(loader, device):
+    for batch in loader:
+        yield {k: v.to(device) for k, v in batch.items()}
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+def _selection_value(metrics: dict, config: TrainingConfig, has_groups: bool) -> float:
+    name = config.selection_metric
+    if name == "auto":
+        name = "worst_group_accuracy" if has_groups else "accuracy"
+    return metrics["worst_group_accuracy"] if name == "worst_group_accuracy" else metrics["average_accuracy"]
+
+
+def _train_group_counts(train: Dataset) -> list[int] | None:
+    if "spurious" not in train.features:
+        return None
+    num_groups = train.features["label"].num_classes * train.features["spurious"].num_classes
+    return np.bincount(np.asarray(train["group"]), minlength=num_groups).tolist()
+
+
+def _make_optimizer(model, config: TrainingConfig):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.learning_rate, momentum=0.9, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def _latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    done = [p for p in checkpoint_dir.glob("epoch_*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+@dataclass
+class TrainResult:
+    model_dir: str
+    best_epoch: int
+    best_validation: dict
+    history: list = field(default_factory=list)
+
+
+def train_classifier(
+    train: Dataset,
+    validation: Dataset,
+    classifier: ClassifierConfig,
+    config: TrainingConfig,
+    *,
+    synthetic: Dataset | None = None,
+    init_model_dir: str | None = None,
+    metadata: dict | None = None,
+) -> TrainResult:
+    """Train (ERM, or upweighted with ``synthetic``) and save the best model to ``output_dir/model``.
+
+    ``init_model_dir`` starts from a saved classifier (the retraining starts from the ERM
+    model when asked to). Rerunning with the same ``output_dir`` resumes from the latest
+    epoch checkpoint; a finished run returns at once.
+    """
+    output_dir = Path(config.output_dir)
+    model_dir = output_dir / "model"
+    checkpoint_dir = output_dir / "checkpoints"
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+    )
+    set_seed(config.seed)
+    label_names = train.features["label"].names
+    if init_model_dir is not None:
+        from .modeling import load_classifier
+
+        model = load_classifier(init_model_dir)
+        model.train()
+    else:
+        model = create_classifier(classifier, num_classes=len(label_names))
+    if config.gammas is not None and synthetic is not None and len(config.gammas) != len(label_names):
+        raise ValueError(f"gammas needs one value per class ({len(label_names)}), got {config.gammas}")
+
+    train_set = with_directions(train, synthetic)
+    transform = train_transform(model) if config.augmentation == "timm" else eval_transform(model)
+    train_loader = make_loader(
+        train_set, transform, config.train_batch_size, shuffle=True, num_workers=config.num_workers, seed=config.seed
+    )
+    val_loader = make_loader(validation, eval_transform(model), config.eval_batch_size, shuffle=False, num_workers=config.num_workers)
+    optimizer = _make_optimizer(model, config)
+    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * config.num_epochs
+    if config.lr_scheduler == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+
+    has_groups = "group" in validation.column_names and "spurious" in validation.features
+    train_counts = _train_group_counts(train)
+    state = {"epoch": 0, "best_value": -1.0, "best_epoch": -1, "best_validation": {}, "history": []}
+    latest = _latest_checkpoint(checkpoint_dir) if config.resume else None
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        state = json.loads((latest / "trainer_state.json").read_text())
+        accelerator.print(f"resumed from {latest} (epoch {state['epoch']})")
+    if config.report_to != "none":
+        accelerator.init_trackers("dbb_hf", config={k: str(v) for k, v in asdict(config).items()})
+
+    for epoch in range(state["epoch"], config.num_epochs):
+        model.train()
+        train_loader.set_epoch(epoch)
+        running, seen = 0.0, 0
+        progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=not accelerator.is_main_process)
+        for batch in progress:
+            with accelerator.accumulate(model):
+                logits = model(batch["pixel_values"])
+                loss = dbb_loss(logits, batch["label"], batch["direction"], config.gammas)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            running += loss.item() * len(batch["label"])
+            seen += len(batch["label"])
+            progress.set_postfix(loss=f"{running / seen:.4f}")
+
+        preds, labels, groups = predict(model, val_loader, accelerator, desc="validation")
+        names = None
+        if has_groups:
+            from .data.common import group_names
+
+            names = group_names(validation.features)
+        metrics = group_metrics(preds, labels, groups if has_groups else labels, group_names=names, train_group_counts=train_counts if has_groups else None)
+        value = _selection_value(metrics, config, has_groups)
+        record = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), **_scalars(metrics)}
+        state["history"].append(record)
+        accelerator.log({f"validation/{k}": v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+        accelerator.print(json.dumps(record))
+        if value > state["best_value"]:
+            state.update(best_value=value, best_epoch=epoch + 1, best_validation=metrics)
+            if accelerator.is_main_process:
+                save_classifier(
+                    accelerator.unwrap_model(model),
+                    str(model_dir),
+                    label_names,
+                    metadata={**(metadata or {}), "best_epoch": epoch + 1, "validation": metrics, "training": asdict(config)},
+                )
+        state["epoch"] = epoch + 1
+        _save_checkpoint(accelerator, checkpoint_dir / f"epoch_{epoch + 1}", state, config.checkpoints_total_limit)
+
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(str(model_dir), state["best_epoch"], state["best_validation"], state["history"])
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+
+
+def _save_checkpoint(accelerator: Accelerator, path: Path, state: dict, keep: int) -> None:
+    # The trainer state is written last: a checkpoint without it is incomplete and ignored.
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "trainer_state.json").write_text(json.dumps(state, default=str))
+        done = sorted(
+            (p for p in path.parent.glob("epoch_*") if (p / "trainer_state.json").exists()),
+            key=lambda p: int(p.name.split("_")[1]),
+        )
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,267 @@
+"""Stage 2 (causal tokens): textual inversion and the LoRA learner on tiny SD2 pipelines."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dbb_hf.data.toy import ToyConfig, load_toy
+from dbb_hf.textual_inversion import (
+    EMBEDS_NAME,
+    LORA_WEIGHTS_NAME,
+    LoraTokenConfig,
+    TextualInversionConfig,
+    learn_token,
+    learn_token_lora,
+    learn_tokens,
+    load_lora_causal,
+    load_tokens,
+    placeholder_token,
+    read_embeds,
+    save_embeds,
+    text_encoder_lora_unsupported,
+    train_token,
+)
+from dbb_hf.tiny.diffusion import save_tiny_inpaint_pipeline, save_tiny_text2img_pipeline
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-sd")
+    # Same seed: the inpainting pipeline's tokenizer and text encoder equal the base model's.
+    return {
+        "base": save_tiny_text2img_pipeline(root / "text2img", seed=0),
+        "inpaint": save_tiny_inpaint_pipeline(root / "inpaint", seed=0),
+    }
+
+
+@pytest.fixture(scope="module")
+def toy():
+    train = load_toy(ToyConfig(num_train=8, num_validation=4, num_test=4))["train"]
+    return {label: train.filter(lambda row: row["label"] == label) for label in (0, 1)}
+
+
+def tiny_config(models, cls=TextualInversionConfig, **overrides):
+    # "bar" is a single token of the tiny tokenizer ("animal" is not).
+    settings = dict(
+        model_id=models["base"], initializer_token="bar", max_train_steps=3, resolution=32,
+        train_batch_size=1, gradient_accumulation_steps=1, checkpointing_steps=2,
+    )
+    settings.update(overrides)
+    return cls(**settings)
+
+
+@pytest.fixture(scope="module")
+def trained(models, toy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ti") / "horizontal"
+    result = train_token(toy[0], "horizontal_bar", tiny_config(models), out)
+    return result
+
+
+def inpaint_pipe(models):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    return StableDiffusionInpaintPipeline.from_pretrained(models["inpaint"])
+
+
+def encode(pipe, prompt):
+    ids = pipe.tokenizer(pipe.maybe_convert_prompt(prompt, pipe.tokenizer), padding="max_length",
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
+def test_training_moves_only_the_placeholder_row(models, trained):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base_encoder = CLIPTextModel.from_pretrained(models["base"], subfolder="text_encoder")
+    base_rows = base_encoder.get_input_embeddings().weight.detach()
+    bar = CLIPTokenizer.from_pretrained(models["base"], subfolder="tokenizer").encode("bar", add_special_tokens=False)
+    rows = trained.text_encoder.get_input_embeddings().weight.detach()
+    token_id = trained.tokenizer.convert_tokens_to_ids(trained.token)
+
+    assert trained.token == "<dbb-horizontal_bar>"
+    assert (trained.start_step, trained.global_step) == (0, 3)
+    assert rows.shape[0] == base_rows.shape[0] + 1 and token_id == base_rows.shape[0]
+    assert torch.equal(rows[:-1], base_rows)  # the original vocabulary is restored every step
+    assert not torch.allclose(rows[token_id], base_rows[bar[0]])  # the token left its initializer
+    saved, info = read_embeds(trained.path)
+    assert list(saved) == [trained.token] and saved[trained.token].shape == (1, 32)
+    assert torch.equal(saved[trained.token][0], rows[token_id])
+    assert info[trained.token]["global_step"] == 3 and info[trained.token]["initializer_token"] == "bar"
+    checkpoint = os.path.join(os.path.dirname(trained.path), "checkpoint-2")
+    assert sorted(os.listdir(checkpoint)) == [EMBEDS_NAME, "training_state.pt"]
+
+
+def test_learned_embeds_load_into_inpainting_pipeline(models, trained):
+    pipe = inpaint_pipe(models)
+    before = encode(pipe, "A photo of a bar horizontal_bar.")
+    # The file is in the layout diffusers' own loader reads.
+    pipe.load_textual_inversion(trained.path)
+    token_id = pipe.tokenizer.convert_tokens_to_ids(trained.token)
+    assert token_id != pipe.tokenizer.unk_token_id
+    row = pipe.text_encoder.get_input_embeddings().weight[token_id]
+    assert torch.equal(row, load_file(trained.path)[trained.token][0])
+    assert not torch.allclose(encode(pipe, f"A photo of a {trained.token} horizontal_bar."), before)
+
+    fresh = inpaint_pipe(models)
+    assert load_tokens(fresh, os.path.dirname(trained.path)) == [trained.token]
+    assert load_tokens(inpaint_pipe(models), {"<renamed>": trained.path}) == ["<renamed>"]
+
+
+def test_load_tokens_refuses_bad_files(models, trained, tmp_path):
+    pipe = inpaint_pipe(models)
+    vocabulary = len(pipe.tokenizer)
+
+    wrong_dim = tmp_path / "wrong_dim.safetensors"
+    save_file({"<other-model>": torch.randn(1, 16)}, str(wrong_dim))
+    with pytest.raises(ValueError, match="dimension 16.*expects 32"):
+        load_tokens(pipe, wrong_dim)
+
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_tokens(pipe, corrupt)
+    with pytest.raises(FileNotFoundError):
+        load_tokens(pipe, tmp_path / "missing")
+
+    # A token still equal to its initializer learned nothing: loading it is an error too.
+    untrained = tmp_path / "untrained.safetensors"
+    bar_id = pipe.tokenizer.encode("bar", add_special_tokens=False)[0]
+    bar = pipe.text_encoder.get_input_embeddings().weight[bar_id : bar_id + 1].detach()
+    info = {"<untrained>": {"initializer_token": "bar", "prompt_name": "bar", "prompt_template": "{token} {class_name}"}}
+    save_embeds(str(untrained), {"<untrained>": bar}, info)
+    with pytest.raises(ValueError, match="no effect"):
+        load_tokens(pipe, untrained)
+    # Nothing that failed stays behind in the pipeline.
+    assert len(pipe.tokenizer) == vocabulary
+    assert pipe.text_encoder.get_input_embeddings().weight.shape[0] == vocabulary
+    assert load_tokens(pipe, trained.path) == [trained.token]
+
+
+def test_resume_reproduces_the_uninterrupted_run(models, toy, trained, tmp_path):
+    interrupted = tmp_path / "interrupted"
+    # The fixture's 3-step run checkpointed at step 2: resume a copy from there (as after a
+    # crash at step 2) and compare with the uninterrupted run.
+    shutil.copytree(os.path.dirname(trained.path), interrupted)
+    os.remove(interrupted / EMBEDS_NAME)
+    resumed = train_token(toy[0], "horizontal_bar", tiny_config(models, checkpointing_steps=1), interrupted)
+
+    assert (resumed.start_step, resumed.global_step) == (2, 3)
+    torch.testing.assert_close(read_embeds(resumed.path)[0], read_embeds(trained.path)[0], rtol=1e-5, atol=1e-6)
+    # Only the newest checkpoint keeps the optimizer state needed to resume.
+    assert os.listdir(interrupted / "checkpoint-2") == [EMBEDS_NAME]
+    assert sorted(os.listdir(interrupted / "checkpoint-3")) == [EMBEDS_NAME, "training_state.pt"]
+
+    with pytest.raises(ValueError, match="another config"):
+        train_token(toy[0], "horizontal_bar", tiny_config(models, max_train_steps=5, learning_rate=1e-3), interrupted)
+
+
+def test_multi_vector_token(models, toy, tmp_path):
+    config = tiny_config(models, num_vectors=2, max_train_steps=1, gradient_accumulation_steps=2)
+    path = learn_token(toy[1], "vertical bar", config, tmp_path, prompt_name="bar")
+    vectors, info = read_embeds(path)
+    token = placeholder_token("vertical bar", config)
+    assert token == "<dbb-vertical_bar>" and vectors[token].shape == (2, 32)
+    assert info[token]["prompt_name"] == "bar" and info[token]["global_step"] == 1  # 2 micro-batches, 1 step
+
+    pipe = inpaint_pipe(models)
+    assert load_tokens(pipe, path) == [token]
+    ids = pipe.tokenizer.convert_tokens_to_ids([token, f"{token}_1"])
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], vectors[token])
+    assert pipe.maybe_convert_prompt(f"a {token} bar", pipe.tokenizer) == f"a {token} {token}_1 bar"
+
+
+def test_learn_tokens_one_per_class_and_skips_finished_classes(models, toy, tmp_path):
+    config = tiny_config(models, max_train_steps=1)
+    tokens = learn_tokens({0: toy[0], 1: toy[1]}, ["horizontal_bar", "vertical_bar"], config, tmp_path)
+    assert tokens == {0: "<dbb-horizontal_bar>", 1: "<dbb-vertical_bar>"}
+    per_class = [tmp_path / name / EMBEDS_NAME for name in ("horizontal_bar", "vertical_bar")]
+    stamps = [os.stat(p).st_mtime_ns for p in per_class]
+    combined, info = read_embeds(tmp_path)
+    assert list(combined) == [tokens[0], tokens[1]] and info[tokens[1]]["class_index"] == 1
+
+    # A rerun finds both classes done and trains nothing (images are not even needed).
+    assert learn_tokens({0: [], 1: []}, ["horizontal_bar", "vertical_bar"], config, tmp_path) == tokens
+    assert [os.stat(p).st_mtime_ns for p in per_class] == stamps
+    assert load_tokens(inpaint_pipe(models), tmp_path) == [tokens[0], tokens[1]]
+
+
+def test_lora_learner_changes_the_pipeline_output(models, toy, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    config = tiny_config(models, LoraTokenConfig, max_train_steps=1, lora_learning_rate=1e-2, lora_alpha=8.0)
+    folder = learn_token_lora(toy[0], "horizontal_bar", config, tmp_path)
+    assert sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")) == [EMBEDS_NAME, LORA_WEIGHTS_NAME]
+    assert all(k.startswith("unet.") for k in load_file(os.path.join(folder, LORA_WEIGHTS_NAME)))
+
+    def generate(pipe):
+        return pipe("A photo of a <dbb-horizontal_bar> horizontal_bar", num_inference_steps=2, height=32, width=32,
+                    output_type="np", generator=torch.Generator().manual_seed(0)).images
+
+    token_only = StableDiffusionPipeline.from_pretrained(models["base"])
+    load_tokens(token_only, folder)
+    with_lora = StableDiffusionPipeline.from_pretrained(models["base"])
+    assert load_lora_causal(with_lora, folder) == ["<dbb-horizontal_bar>"]
+    assert with_lora.get_list_adapters() == {"unet": ["dbb-causal"]}
+    assert with_lora.unet.peft_config["dbb-causal"].lora_alpha == 8  # alpha != rank survives the round trip
+    difference = np.abs(generate(with_lora) - generate(token_only)).max()
+    assert difference > 1e-3, difference
+
+
+def test_text_encoder_lora_saves_and_loads_or_refuses_cleanly(models, toy, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    config = tiny_config(models, LoraTokenConfig, max_train_steps=1, lora_unet=False, lora_text_encoder=True)
+    folder = learn_token_lora(toy[0], "horizontal_bar", config, tmp_path)
+    keys = load_file(os.path.join(folder, LORA_WEIGHTS_NAME))
+    assert keys and all(k.startswith("text_encoder.") for k in keys)
+
+    pipe = StableDiffusionPipeline.from_pretrained(models["base"])
+    reason = text_encoder_lora_unsupported()
+    if reason is None:
+        assert load_lora_causal(pipe, folder) == ["<dbb-horizontal_bar>"]
+        assert pipe.get_list_adapters() == {"text_encoder": ["dbb-causal"]}
+    else:
+        vocabulary = len(pipe.tokenizer)
+        with pytest.raises(RuntimeError, match="cannot be loaded here"):
+            load_lora_causal(pipe, folder)
+        assert len(pipe.tokenizer) == vocabulary  # refused before loading anything
+
+
+def test_config_and_input_errors(models, toy, tmp_path):
+    with pytest.raises(ValueError, match="no \\{token\\}"):
+        TextualInversionConfig(prompt_templates=["a photo of a {class_name}"])
+    with pytest.raises(ValueError, match="only use"):
+        TextualInversionConfig(prompt_templates=["a {token} of {colour}"])
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TextualInversionConfig(mixed_precision="fp8")
+    with pytest.raises(ValueError, match="lora_text_encoder or lora_unet"):
+        LoraTokenConfig(lora_unet=False, lora_text_encoder=False)
+    with pytest.raises(ValueError, match="no images"):
+        learn_token([], "horizontal_bar", tiny_config(models), tmp_path)
+    with pytest.raises(ValueError, match="'image' column"):
+        learn_token(toy[0].remove_columns("image"), "horizontal_bar", tiny_config(models), tmp_path)
+    # The release's initializer "animal" is several tokens in the tiny vocabulary.
+    with pytest.raises(ValueError, match="single token"):
+        learn_token(toy[0], "horizontal_bar", tiny_config(models, initializer_token="animal"), tmp_path)
+
+
+def test_bf16_mixed_precision_trains_the_fp32_token(models, toy, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    # Accelerate keeps one precision per process; reset it around this test.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        config = tiny_config(models, max_train_steps=1, mixed_precision="bf16")
+        result = train_token(toy[0], "horizontal_bar", config, tmp_path)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert result.global_step == 1
+    assert result.text_encoder.get_input_embeddings().weight.dtype == torch.float32
+    assert load_tokens(inpaint_pipe(models), result.path) == [result.token]
