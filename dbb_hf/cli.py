@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 from .config import DataConfig, parse_sections
 
@@ -94,6 +94,216 @@ def evaluate_main(argv: list[str]) -> int:
     else:
         print(format_group_table(metrics))
     return 0
+
+
+@dataclass
+class StageIO:
+    input: str = field(default=None, metadata={"help": "Input dataset saved with save_to_disk (a Dataset or DatasetDict)."})
+    split: str = field(default="train", metadata={"help": "Split to take when the input is a DatasetDict or a benchmark."})
+    output: str = field(default=None, metadata={"help": "Where to save the output dataset (save_to_disk)."})
+    class_prompts: Optional[list[str]] = field(
+        default=None, metadata={"help": "Word(s) naming each class's object in prompts; default: the class names."}
+    )
+
+
+def _load_input(io: StageIO, data: DataConfig | None = None):
+    """The stage's input rows: a saved dataset (``--input``), else the benchmark's ``--split``."""
+    from datasets import DatasetDict, load_from_disk
+
+    if io.input is None:
+        if data is None:
+            raise SystemExit("--input is required (a dataset saved with save_to_disk)")
+        return data.load()[io.split]
+    if not os.path.exists(io.input):
+        raise SystemExit(f"--input {io.input!r} does not exist")
+    dataset = load_from_disk(io.input)
+    if isinstance(dataset, DatasetDict):
+        if io.split not in dataset:
+            raise SystemExit(f"--input has no split {io.split!r}; it has {list(dataset)}")
+        dataset = dataset[io.split]
+    return dataset
+
+
+def _save_output(dataset, io: StageIO) -> None:
+    if io.output is None:
+        raise SystemExit("--output is required")
+    dataset.save_to_disk(io.output)
+    print(f"saved {len(dataset)} rows with columns {dataset.column_names} to {io.output}")
+
+
+def _prompts(dataset, io: StageIO) -> list[str]:
+    names = dataset.features["label"].names
+    return io.class_prompts or [n.replace("_", " ") for n in names]
+
+
+@dataclass
+class ModelArg:
+    model: str = field(default=None, metadata={"help": "A saved classifier folder (or hf-hub:<id>)."})
+    device: Optional[str] = field(default=None, metadata={"help": "Torch device (default: cuda when available)."})
+
+
+@command("score", "Stage 1a: per-image ERM loss and class probabilities (erm_loss, erm_probs).")
+def score_main(argv: list[str]) -> int:
+    from .modeling import load_classifier
+    from .selection import score_dataset
+
+    data, io, m, _ = parse_sections({}, [DataConfig, StageIO, ModelArg], argv)
+    if m.model is None:
+        raise SystemExit("score: --model is required")
+    dataset = _load_input(io, data)
+    _save_output(score_dataset(dataset, load_classifier(m.model), device=m.device, model_id=m.model), io)
+    return 0
+
+
+@dataclass
+class SelectArgs:
+    ti_output: Optional[str] = field(default=None, metadata={"help": "Also save the textual-inversion picks here."})
+    validation_input: Optional[str] = field(
+        default=None, metadata={"help": "Scored validation split (for ti_source=validation_group)."}
+    )
+
+
+@command("select", "Stage 1b: lowest-loss images per class (+ target_label) and textual-inversion picks.")
+def select_main(argv: list[str]) -> int:
+    from .selection import SelectionConfig, select_lowest_loss, select_textual_inversion, selection_purity
+
+    io, extra, config, _ = parse_sections({}, [StageIO, SelectArgs, SelectionConfig], argv)
+    scored = _load_input(io)
+    selected = select_lowest_loss(scored, config)
+    _save_output(selected, io)
+    if "group" in selected.column_names:
+        _print_json({"purity": selection_purity(selected, scored)})
+    if extra.ti_output:
+        validation = _load_input(StageIO(input=extra.validation_input, split="validation")) if extra.validation_input else None
+        select_textual_inversion(scored, validation, config).save_to_disk(extra.ti_output)
+    return 0
+
+
+@dataclass
+class TokensArgs:
+    output_dir: str = field(default=None, metadata={"help": "Folder for the learned tokens (one subfolder per class)."})
+
+
+@command("learn-tokens", "Stage 2: one textual-inversion token per class from images with `label`.")
+def learn_tokens_main(argv: list[str]) -> int:
+    from .textual_inversion import TextualInversionConfig, learn_tokens
+
+    io, args, config, _ = parse_sections({}, [StageIO, TokensArgs, TextualInversionConfig], argv)
+    if args.output_dir is None:
+        raise SystemExit("learn-tokens: --output_dir is required")
+    images = _load_input(io)
+    prompts = _prompts(images, io)
+    per_class = {c: images.filter(lambda y: y == c, input_columns="label")["image"] for c in range(len(prompts))}
+    _print_json(learn_tokens(per_class, prompts, config, args.output_dir))
+    return 0
+
+
+@command("mask", "Stage 3: text-prompted masks of each row's class object (mask, mask_box, mask_score, mask_status).")
+def mask_main(argv: list[str]) -> int:
+    from .masking import MaskingConfig, load_masking_models, run_masking
+
+    io, m, config, _ = parse_sections({}, [StageIO, ModelArg, MaskingConfig], argv)
+    dataset = _load_input(io)
+    models = None if config.backend == "column" else load_masking_models(config, m.device)
+    _save_output(run_masking(dataset, config, class_names=_prompts(dataset, io), models=models, device=m.device), io)
+    return 0
+
+
+@dataclass
+class InpaintArgs:
+    tokens_dir: Optional[str] = field(default=None, metadata={"help": "Learned tokens (the learn-tokens output_dir)."})
+    device: Optional[str] = field(default=None, metadata={"help": "Torch device."})
+
+
+@command("inpaint", "Stage 4: edit each row's masked object into its target class (generated, prompt, seed, ...).")
+def inpaint_main(argv: list[str]) -> int:
+    from .inpainting import InpaintingConfig, load_inpainting_pipeline, prepare_donors, run_inpainting
+    from .textual_inversion import load_tokens
+
+    io, args, config, _ = parse_sections({}, [StageIO, InpaintArgs, InpaintingConfig], argv)
+    dataset = _load_input(io)
+    pipe = donors = tokens = None
+    if config.backend == "diffusers":
+        if args.tokens_dir is None:
+            raise SystemExit("inpaint: --tokens_dir is required with the diffusers backend")
+        pipe = load_inpainting_pipeline(config, args.device)
+        loaded = load_tokens(pipe, args.tokens_dir)
+        tokens = _tokens_by_class(args.tokens_dir, loaded)
+    else:
+        donors = prepare_donors(dataset)
+    result = run_inpainting(dataset, config, pipe=pipe, donors=donors, class_names=_prompts(dataset, io), tokens=tokens)
+    _save_output(result, io)
+    return 0
+
+
+def _tokens_by_class(tokens_dir: str, loaded: list[str]) -> list[str]:
+    with open(os.path.join(tokens_dir, "tokens.json")) as f:
+        info = json.load(f)
+    return [info[str(c)]["token"] for c in range(len(info))]
+
+
+@dataclass
+class PruneArgs:
+    train_scores: Optional[str] = field(
+        default=None, metadata={"help": "Scored training split (score output) for Psi (Eq. 3)."}
+    )
+
+
+@command("prune", "Stage 5: psi, rho (integrated gradients), keep, prune_reason; without --model, re-threshold a scored set.")
+def prune_main(argv: list[str]) -> int:
+    from .modeling import load_classifier
+    from .pruning import PruningConfig, apply_thresholds, class_confidence, score_edits
+
+    io, m, args, config, _ = parse_sections({}, [StageIO, ModelArg, PruneArgs, PruningConfig], argv)
+    dataset = _load_input(io)
+    if m.model is None:
+        if not {"psi", "rho"} <= set(dataset.column_names):
+            raise SystemExit("prune: without --model the input must already hold psi and rho (a scored set)")
+        result = apply_thresholds(dataset, config.P, psi_rule=config.psi_rule)
+    else:
+        if args.train_scores is None:
+            raise SystemExit("prune: --train_scores (the scored training split) is required to compute Psi")
+        Psi = class_confidence(_load_input(StageIO(input=args.train_scores)))
+        scored = score_edits(dataset, load_classifier(m.model), config, Psi=Psi)
+        result = apply_thresholds(scored, config.P, Psi=Psi, psi_rule=config.psi_rule)
+    kept = sum(result["keep"])
+    _save_output(result, io)
+    print(f"kept {kept} of {len(result)} edits")
+    return 0
+
+
+@dataclass
+class RetrainArgs:
+    augmented: str = field(default=None, metadata={"help": "Augmented dataset: a Hub id, a Hub-layout folder or a run's augmented/."})
+    init_model: Optional[str] = field(default=None, metadata={"help": "Start from this classifier (e.g. the ERM model)."})
+
+
+@command("retrain", "Stage 6: upweighted retraining (Eq. 6-8) on an augmented dataset.")
+def retrain_main(argv: list[str]) -> int:
+    from .augmented import load_augmented
+    from .modeling import ClassifierConfig
+    from .training import TrainingConfig, train_classifier
+
+    args, configs = parse_sections({"classifier": ClassifierConfig, "train": TrainingConfig}, [RetrainArgs], argv)
+    if args.augmented is None:
+        raise SystemExit("retrain: --augmented is required")
+    augmented = load_augmented(args.augmented)
+    result = train_classifier(
+        augmented["train"], augmented["validation"], configs["classifier"], configs["train"],
+        synthetic=augmented["synthetic"], init_model_dir=args.init_model, metadata={"augmented": args.augmented},
+    )
+    _print_json({"model_dir": result.model_dir, "best_epoch": result.best_epoch, "validation": result.best_validation})
+    return 0
+
+
+@command("push", "Publish a run: dataset, tokens and model (--to_folder OUT writes the Hub folders).")
+def push_main(argv: list[str]) -> int:
+    import argparse
+
+    from .hub import add_push_arguments, push_main as hub_push_main
+
+    parser = add_push_arguments(argparse.ArgumentParser(prog="dbb-hf push"))
+    return hub_push_main(parser.parse_args(argv))
 
 
 PRESETS_DIR = os.path.join(os.path.dirname(__file__), "presets")

@@ -28,13 +28,13 @@ import json
 import os
 import re
 import shutil
-import sysconfig
 import sys
+import sysconfig
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import jinja2
 import jinja2.meta
@@ -834,28 +834,51 @@ def assert_token_free(folder: str | os.PathLike, token: Optional[str]) -> None:
                 tail = block[-(len(needle) - 1) :] if len(needle) > 1 else b""
 
 
-def _create_repo(api: HfApi, repo_id: str, repo_type: str, private: bool, revision: Optional[str]) -> str:
-    repo_id = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True).repo_id
+@dataclass(frozen=True)
+class Artifact:
+    """How one kind of artifact is written and uploaded."""
+
+    save: Callable[..., Path]
+    repo_type: str
+    # Files of an earlier push that this one may not rewrite (shards of another count).
+    delete_patterns: Optional[list[str]]
+    commit_message: str
+
+
+ARTIFACTS = {
+    "dataset": Artifact(save_dataset_folder, "dataset", ["data/*"], "Upload DBB-augmented dataset"),
+    "embeddings": Artifact(save_embeddings_folder, "model", ["*.safetensors"], "Upload DBB textual-inversion tokens"),
+    "model": Artifact(save_model_folder, "model", None, "Upload DBB-retrained classifier"),
+}
+
+
+def _create_repo(api: HfApi, artifact: Artifact, repo_id: str, private: bool, revision: Optional[str]) -> str:
+    repo_id = api.create_repo(repo_id, repo_type=artifact.repo_type, private=private, exist_ok=True).repo_id
     if revision is not None:
-        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        api.create_branch(repo_id, branch=revision, repo_type=artifact.repo_type, exist_ok=True)
     return repo_id
 
 
-def _push(save, run_dir, repo_id, repo_type, *, token, private, revision, links, delete_patterns, message) -> str:
+def _upload(api: HfApi, artifact: Artifact, folder: Path, repo_id: str, revision: Optional[str]) -> None:
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type=artifact.repo_type,
+        revision=revision,
+        commit_message=artifact.commit_message,
+        delete_patterns=artifact.delete_patterns,
+    )
+
+
+def _push(kind: str, run_dir, repo_id: str, *, token, private, revision, links) -> str:
+    artifact = ARTIFACTS[kind]
     api = HfApi(token=token)
-    repo_id = _create_repo(api, repo_id, repo_type, private, revision)
+    # The repository first: a bare name resolves to the token owner's namespace, which the card links.
+    repo_id = _create_repo(api, artifact, repo_id, private, revision)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save(run_dir, Path(tmp) / "repo", repo_id, links=links)
+        folder = artifact.save(run_dir, Path(tmp) / "repo", repo_id, links=links)
         assert_token_free(folder, token or stored_hub_token())
-        api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            repo_type=repo_type,
-            revision=revision,
-            commit_message=message,
-            # Files of an earlier push that this one does not rewrite (shards of another count).
-            delete_patterns=delete_patterns,
-        )
+        _upload(api, artifact, folder, repo_id, revision)
     return repo_id
 
 
@@ -864,10 +887,7 @@ def push_dataset(
     *, links: Optional[Mapping[str, str]] = None,
 ) -> str:
     """Upload the dataset twin to the dataset repository ``repo_id``; returns the repository id."""
-    return _push(
-        save_dataset_folder, run_dir, repo_id, "dataset", token=token, private=private, revision=revision,
-        links=links, delete_patterns=["data/*"], message="Upload DBB-augmented dataset",
-    )
+    return _push("dataset", run_dir, repo_id, token=token, private=private, revision=revision, links=links)
 
 
 def push_embeddings(
@@ -875,10 +895,7 @@ def push_embeddings(
     *, links: Optional[Mapping[str, str]] = None,
 ) -> str:
     """Upload the tokens twin to the model repository ``repo_id``; returns the repository id."""
-    return _push(
-        save_embeddings_folder, run_dir, repo_id, "model", token=token, private=private, revision=revision,
-        links=links, delete_patterns=["*.safetensors"], message="Upload DBB textual-inversion tokens",
-    )
+    return _push("embeddings", run_dir, repo_id, token=token, private=private, revision=revision, links=links)
 
 
 def push_model(
@@ -886,14 +903,7 @@ def push_model(
     *, links: Optional[Mapping[str, str]] = None,
 ) -> str:
     """Upload the classifier twin to the model repository ``repo_id``; returns the repository id."""
-    return _push(
-        save_model_folder, run_dir, repo_id, "model", token=token, private=private, revision=revision,
-        links=links, delete_patterns=None, message="Upload DBB-retrained classifier",
-    )
-
-
-SAVERS = {"dataset": save_dataset_folder, "embeddings": save_embeddings_folder, "model": save_model_folder}
-PUSHERS = {"dataset": push_dataset, "embeddings": push_embeddings, "model": push_model}
+    return _push("model", run_dir, repo_id, token=token, private=private, revision=revision, links=links)
 
 
 def publish_run(
@@ -910,17 +920,23 @@ def publish_run(
     With ``to_folder``, write the twins to ``<to_folder>/{dataset,embeddings,model}`` and
     push nothing (cards link to ``namespace``'s ids, bare names without it); returns the
     folders. Otherwise push to ``<namespace>/<dataset>-dbb``, ``-dbb-tokens`` and
-    ``-dbb-<architecture>``; returns the repository ids.
+    ``-dbb-<architecture>``; returns the repository ids. All three twins are written and
+    checked before the first upload, so a run that cannot be published pushes nothing.
     """
     if to_folder is None and namespace is None:
         raise ValueError("give namespace (to push to the Hub) or to_folder (to write the repositories locally)")
-    run = read_run(run_dir)
-    ids = repo_ids(run, namespace, name_prefix)
+    ids = repo_ids(read_run(run_dir), namespace, name_prefix)
     if to_folder is not None:
-        return {kind: str(SAVERS[kind](run_dir, Path(to_folder) / kind, ids[kind], links=ids)) for kind in ids}
-    return {
-        kind: PUSHERS[kind](run_dir, ids[kind], token=token, private=private, links=ids) for kind in ids
-    }
+        return {kind: str(ARTIFACTS[kind].save(run_dir, Path(to_folder) / kind, ids[kind], links=ids)) for kind in ids}
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {kind: ARTIFACTS[kind].save(run_dir, Path(tmp) / kind, ids[kind], links=ids) for kind in ids}
+        for folder in folders.values():
+            assert_token_free(folder, token or stored_hub_token())
+        for kind, folder in folders.items():
+            _create_repo(api, ARTIFACTS[kind], ids[kind], private, None)
+            _upload(api, ARTIFACTS[kind], folder, ids[kind], None)
+    return ids
 
 
 def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -201,7 +201,11 @@ class Pipeline:
         )
         per_class = {c: ti_rows.filter(lambda y: y == c, input_columns="label")["image"] for c in range(len(prompts))}
         start = time.perf_counter()
-        tokens = learn_tokens(per_class, prompts, cfg["textual_inversion"], str(self.out / "tokens"))
+        names = dataset["train"].features["label"].names
+        # Tokens are named after the classes; the prompts' object word is shared when the
+        # classes share one (Waterbirds: "bird"), else each class's own name is used.
+        prompt_name = prompts[0] if len(set(prompts)) == 1 else None
+        tokens = learn_tokens(per_class, names, cfg["textual_inversion"], str(self.out / "tokens"), prompt_name=prompt_name)
         self.timings["tokens"] = time.perf_counter() - start
         return [tokens[c] for c in range(len(prompts))], fp
 

@@ -216,6 +216,8 @@ def compute_class_confidence(
     ``transform`` defaults to the model's deterministic evaluation preprocessing.
     """
     _require_eval(model)
+    if len(dataset) == 0:
+        raise ValueError("compute_class_confidence got an empty dataset; pass the training split")
     device = torch.device(device) if device is not None else _model_device_dtype(model)[0]
     model = model.to(device)
     dtype = _model_device_dtype(model)[1]
@@ -402,7 +404,7 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:32]
 
 

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from datasets import Dataset, Features, concatenate_datasets, load_from_disk
+from datasets import Dataset, DatasetDict, Features, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
 STAGE_INFO = "stage.json"
@@ -155,7 +155,12 @@ def save_stage_output(stage_dir: str | os.PathLike, dataset, fingerprint: str, i
     stage_dir = Path(stage_dir)
     tmp = stage_dir.parent / f".{stage_dir.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(tmp)
+    if isinstance(dataset, DatasetDict):
+        # datasets writes no shard for an empty split and then cannot load it back
+        # (huggingface/datasets#8385): ask for one shard explicitly.
+        dataset.save_to_disk(tmp, num_shards={name: 1 for name, split in dataset.items() if len(split) == 0})
+    else:
+        dataset.save_to_disk(tmp)
     (tmp / STAGE_INFO).write_text(json.dumps({"fingerprint": fingerprint, **(info or {})}, indent=2, default=str))
     shutil.rmtree(stage_dir, ignore_errors=True)
     os.replace(tmp, stage_dir)

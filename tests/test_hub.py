@@ -306,6 +306,30 @@ def test_dataset_twin_has_push_to_hub_layout_and_loads_identically(run_dir, twin
     ]
 
 
+def test_dataset_shards_are_the_bytes_push_to_hub_uploads(run_dir, twins, monkeypatch):
+    # datasets' own shard writer for push_to_hub, run offline: its uploads are captured.
+    from huggingface_hub.hf_file_system import HfFileSystemResolvedRepositoryPath
+
+    uploaded = {}
+
+    def preupload_lfs_files(self, repo_id, additions, **kwargs):
+        for addition in additions:
+            uploaded[addition.path_in_repo] = Path(addition.path_or_fileobj).read_bytes()
+
+    monkeypatch.setattr(HfApi, "preupload_lfs_files", preupload_lfs_files)
+    target = HfFileSystemResolvedRepositoryPath(repo_type="dataset", repo_id="me/toy-dbb", revision="main", path_in_repo="")
+    split_infos = {}
+    for split, ds in load_augmented(run_dir / "augmented").items():
+        *_, split_info, _ = ds._push_parquet_shards_to_hub(
+            resolved_output_path=target, data_dir="data", split=split, token=None, create_pr=False,
+            max_shard_size=None, num_shards=None, embed_external_files=True, num_proc=None,
+        )  # fmt: skip
+        split_infos[split] = (split_info.num_bytes, split_info.num_examples)
+    assert uploaded == {path: data for path, data in _files(twins["dataset"]).items() if path.startswith("data/")}
+    card_splits = DatasetCard.load(twins["dataset"] / "README.md").data.dataset_info["splits"]
+    assert {s["name"]: (s["num_bytes"], s["num_examples"]) for s in card_splits} == split_infos
+
+
 def test_dataset_shards_embed_images_stored_as_paths(twins):
     # The validation split refers to image files; the shard must carry their bytes.
     table = pq.read_table(twins["dataset"] / "data" / "validation-00000-of-00001.parquet")
@@ -479,6 +503,27 @@ def test_model_card_has_model_index_and_training_config(twins):
         assert expected in text, expected
 
 
+@pytest.mark.parametrize(
+    "name, license, words",
+    [
+        ("celeba", "other", "non-commercial research purposes only"),
+        ("waterbirds", "other", "CUB-200-2011"),
+        ("metashift", "cc-by-4.0", "Visual Genome"),
+        ("my-birds", "other", "custom terms v2"),
+    ],
+)
+def test_cards_carry_the_source_licence(run_dir, tmp_path, name, license, words):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("augmented", "tokens", "source-images"))
+    report = dict(FULL_REPORT, dataset={"dataset": name, "license": "custom terms v2"})
+    (run / "report.json").write_text(json.dumps(report))
+    folder = hub.save_model_folder(run, tmp_path / "out", f"me/{name}-dbb-test_resnet")
+    meta = _front_matter(folder / "README.md")
+    assert meta["license"] == license and meta["datasets"] == [f"me/{name}-dbb"]
+    assert ("license_name" in meta) == (name in ("celeba", "waterbirds"))
+    assert words in (folder / "README.md").read_text()
+
+
 def test_base_model_is_the_pretrained_timm_hub_id(run_dir, tmp_path):
     run = hub.read_run(run_dir)
     run.config = dict(run.config, classifier={"model_name": "resnet50", "pretrained": True})
@@ -613,4 +658,7 @@ def test_an_upload_holding_the_token_is_refused(run_dir, tmp_path, recorded_hub)
     with pytest.raises(ValueError, match="contains the Hub token") as error:
         hub.push_model(leaky, "me/net", token=FAKE_TOKEN)
     assert FAKE_TOKEN not in str(error.value)
+    # publish_run checks all three before uploading any: not even the clean dataset goes up.
+    with pytest.raises(ValueError, match="contains the Hub token"):
+        hub.publish_run(leaky, namespace="me", token=FAKE_TOKEN)
     assert recorded_hub["upload_folder"] == []

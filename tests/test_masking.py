@@ -222,14 +222,16 @@ class _OldSpelling(_Recorder):
     def post_process_grounded_object_detection(
         self, outputs, input_ids, box_threshold=0.25, text_threshold=0.25, target_sizes=None
     ):
-        self.calls.append({"threshold": box_threshold, "text_threshold": text_threshold, "target_sizes": target_sizes})
+        self.calls.append(
+            {"threshold": box_threshold, "text_threshold": text_threshold, "target_sizes": target_sizes}
+        )
         return [self.result]
 
 
 @pytest.mark.parametrize(
     "processor_class, result",
     [
-        (_NewSpelling, {"boxes": torch.ones(1, 4), "scores": torch.ones(1), "labels": ["x"], "text_labels": ["bird"]}),
+        (_NewSpelling, {"boxes": torch.ones(1, 4), "scores": torch.ones(1), "labels": [3], "text_labels": ["bird"]}),
         (_OldSpelling, {"boxes": torch.ones(1, 4), "scores": torch.ones(1), "labels": ["bird"]}),
     ],
 )
@@ -327,7 +329,8 @@ def test_lang_sam_backend_applies_the_mask_policy(unmasked, monkeypatch):
     models = load_masking_models(config, "cpu")
     assert models.lang_sam.sam_type == "sam2.1_hiera_tiny"
     first = run_masking(data, config, models=models)
-    assert models.lang_sam.prompts == [prompt_for(data.features["label"].int2str(y), "{class_name}.") for y in data["label"]]
+    names = data.features["label"].names
+    assert models.lang_sam.prompts == [prompt_for(names[y], config.prompt_template) for y in data["label"]]
     assert first[0]["mask_status"] == NO_DETECTION and not binary(first[0]["mask"]).any()
     for row in first.select(range(1, 3)):
         assert row["mask_box"] == [w - 4, h - 4, w, h] and row["mask_score"] == pytest.approx(0.9)

@@ -344,6 +344,11 @@ def test_score_edits_accounts_for_every_row_and_reuses_its_cache(tmp_path):
     np.testing.assert_array_equal(np.array(again["rho"], float), rho)
 
 
+def test_weights_fingerprint_changes_with_the_weights_only():
+    assert pruning.weights_fingerprint(tiny_resnet(seed=0)) == pruning.weights_fingerprint(tiny_resnet(seed=0))
+    assert pruning.weights_fingerprint(tiny_resnet(seed=0)) != pruning.weights_fingerprint(tiny_resnet(seed=1))
+
+
 def test_score_edits_resumable_matches_map(tmp_path):
     model = linear_model()
     data = edit_rows(n=5, missing=(2,))

@@ -1,0 +1,183 @@
+"""The Space's computation (examples/space/app.py) without a browser, on tiny offline models.
+
+The models are random, so the assertions are about what the page relies on: output types
+and sizes, the background kept pixel for pixel, the verdict following psi < Psi and
+rho > P, determinism, and configuration read from the environment.
+"""
+
+import dataclasses
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+
+from dbb_hf.data.toy import ToyConfig, load_toy
+from dbb_hf.modeling import data_config
+
+torch.set_num_threads(2)
+
+APP = Path(__file__).resolve().parents[1] / "examples" / "space" / "app.py"
+
+
+def load_app():
+    spec = importlib.util.spec_from_file_location("dbb_space_app", APP)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def app():
+    return load_app()
+
+
+@pytest.fixture(scope="module")
+def config(app, tmp_path_factory):
+    return app.build_tiny(app.parse_config(["--tiny", "--tiny_dir", str(tmp_path_factory.mktemp("tiny-space"))], {}))
+
+
+@pytest.fixture(scope="module")
+def models(app, config):
+    return app.load_models(config)
+
+
+@pytest.fixture(scope="module")
+def toy_image():
+    """A 64 px toy image of a horizontal bar (label 0), not one of the app's examples."""
+    test = load_toy(ToyConfig(num_train=4, num_validation=4, num_test=8, image_size=64, seed=7))["test"]
+    return next(row["image"] for row in test if row["label"] == 0)
+
+
+def binary(image):
+    return np.asarray(image) > 127
+
+
+def test_tiny_mode_builds_loadable_models(config, models):
+    assert Path(config.classifier, "config.json").is_file()
+    assert Path(config.inpainting_model_id, "model_index.json").is_file()
+    assert models.class_names == ["horizontal_bar", "vertical_bar"]
+    assert models.object_names == ["bar", "bar"]
+    assert models.tokens == ["horizontal", "vertical"]
+    assert len(models.Psi) == 2 and all(0.0 < p < 1.0 for p in models.Psi)
+    assert models.P == [0.0, 0.0]
+    assert len(list(Path(config.examples_dir).glob("*.png"))) == 4
+
+
+def test_run_edit_outputs(app, config, models, toy_image):
+    probabilities = app._probabilities(models.classifier, toy_image)
+    predicted = int(probabilities.argmax())
+    target = models.class_names[1 - predicted]
+    result = app.run_edit(toy_image, target, None, models=models, config=config)
+
+    assert result.predicted and result.source == predicted and result.target == 1 - predicted
+    assert result.source_probability == pytest.approx(float(probabilities[predicted]))
+    assert result.mask_status == "ok"
+    assert result.mask.mode == "L" and result.mask.size == toy_image.size
+    assert set(np.unique(np.asarray(result.mask))) <= {0, 255}
+    assert result.edit.mode == "RGB" and result.edit.size == toy_image.size
+    assert result.changed.size == toy_image.size
+    changed = binary(result.changed)
+    assert changed.any() and binary(result.mask)[~changed].sum() == 0
+    # The background (the spurious feature the method keeps) is the source's, pixel for pixel.
+    assert np.array_equal(np.asarray(result.edit)[~changed], np.asarray(toy_image.convert("RGB"))[~changed])
+    side = data_config(models.classifier)["input_size"][-1]
+    assert result.heatmap.mode == "RGB" and result.heatmap.size == (side, side)
+    assert result.prompt == f"A photo of a {models.tokens[result.target]} bar"
+    assert 0.0 <= result.psi <= 1.0 and math.isfinite(result.rho)
+    assert result.Psi == models.Psi[result.source] and result.P == models.P[result.target]
+    assert result.keep == (result.psi < result.Psi and result.rho > result.P)
+
+    text = app.summary_markdown(result, models.class_names)
+    assert f"{result.psi:.4f}" in text and f"{result.rho:.4f}" in text
+    assert ("Verdict: keep" in text) == result.keep
+
+
+@pytest.fixture(scope="module")
+def reference(app, config, models, toy_image):
+    return app.run_edit(toy_image, "vertical_bar", "horizontal_bar", models=models, config=config)
+
+
+@pytest.mark.parametrize(
+    "Psi, P, reason",
+    [
+        ([1.01, 1.01], [-1e6, -1e6], ""),
+        ([0.0, 0.0], [-1e6, -1e6], "psi>=Psi"),
+        ([1.01, 1.01], [1e6, 1e6], "rho<=P"),
+        ([0.0, 0.0], [1e6, 1e6], "psi>=Psi;rho<=P"),
+    ],
+)
+def test_verdict_follows_the_thresholds_and_edits_are_deterministic(
+    app, config, models, toy_image, reference, Psi, P, reason
+):
+    result = app.run_edit(
+        toy_image, "vertical_bar", "horizontal_bar", models=dataclasses.replace(models, Psi=Psi, P=P), config=config
+    )
+    assert result.reason == reason
+    assert result.keep == (reason == "") == (result.psi < Psi[0] and result.rho > P[1])
+    assert np.array_equal(np.asarray(result.edit), np.asarray(reference.edit))
+    assert (result.psi, result.rho) == (reference.psi, reference.rho)
+
+
+def test_nothing_detected_is_reported_not_edited(app, config, models, toy_image):
+    strict = dataclasses.replace(config, box_threshold=1.0)
+    result = app.run_edit(toy_image, "vertical_bar", "horizontal_bar", models=models, config=strict)
+    assert result.mask_status == "no_detection"
+    assert result.edit is None and result.heatmap is None and result.prompt is None
+    assert math.isnan(result.psi) and math.isnan(result.rho)
+    assert not result.keep and result.reason == "not_generated"
+    assert "not edited" in app.summary_markdown(result, models.class_names)
+
+
+def test_bad_classes_are_refused(app, config, models, toy_image):
+    with pytest.raises(ValueError, match="already 'horizontal_bar'"):
+        app.run_edit(toy_image, "horizontal_bar", "horizontal_bar", models=models, config=config)
+    with pytest.raises(ValueError, match="'zebra' is not one of the classes"):
+        app.run_edit(toy_image, "zebra", None, models=models, config=config)
+
+
+def test_large_uploads_are_scaled_down(app, config, models, toy_image):
+    big = toy_image.resize((256, 128))
+    result = app.run_edit(big, "vertical_bar", "horizontal_bar", models=models, config=config)
+    assert result.image.size == (64, 32) and result.mask.size == (64, 32) and result.edit.size == (64, 32)
+
+
+def test_build_demo_has_the_tested_elements(app, config, models):
+    demo = app.build_demo(config, models)
+    assert isinstance(demo, gr.Blocks)
+    ids = {c.get("props", {}).get("elem_id") for c in demo.config["components"]}
+    expected = {"input-image", "source-class", "target-class", "run-edit", "verdict", "tiny-notice"}
+    assert expected | {"mask-output", "edit-output", "heatmap-output"} <= ids
+
+
+def test_config_from_environment_and_flags(app):
+    environ = {
+        "DBB_SPACE_CLASSIFIER": "hf-hub:someone/erm-classifier",
+        "DBB_SPACE_PSI": "0.97, 0.93",
+        "DBB_SPACE_P": "2,0.3",
+        "DBB_SPACE_OBJECT_NAMES": "hair",
+        "DBB_SPACE_SERVER_PORT": "7861",
+        "DBB_SPACE_TINY": "0",
+    }
+    config = app.parse_config([], environ)
+    assert config.classifier == "hf-hub:someone/erm-classifier"
+    assert config.Psi == [0.97, 0.93] and config.P == [2.0, 0.3]
+    assert config.object_names == ["hair"] and config.server_port == 7861 and config.tiny is False
+    assert config.detector_id == "IDEA-Research/grounding-dino-base"  # untouched fields keep the Hub defaults
+    assert app.parse_config(["--server_port", "9000", "--P", "1"], environ).server_port == 9000
+    assert app.parse_config(["--tiny"], {}).tiny is True
+    assert app.parse_config([], {"DBB_SPACE_TINY": "1"}).tiny is True
+
+    with pytest.raises(ValueError, match="DBB_SPACE_TINY='maybe' is not a boolean"):
+        app.parse_config([], {"DBB_SPACE_TINY": "maybe"})
+    with pytest.raises(ValueError, match="DBB_SPACE_SERVER_PORT='http' is not a valid int"):
+        app.parse_config([], {**environ, "DBB_SPACE_SERVER_PORT": "http"})
+    with pytest.raises(ValueError, match="DBB_SPACE_CLASSIFIER"):
+        app.parse_config([], {"DBB_SPACE_PSI": "0.9,0.9"})
+    with pytest.raises(ValueError, match="DBB_SPACE_PSI"):
+        app.parse_config([], {"DBB_SPACE_CLASSIFIER": "hf-hub:someone/erm-classifier"})
