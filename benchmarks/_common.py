@@ -57,7 +57,13 @@ def print_machine(title: str, settings: Mapping[str, Any] | None = None) -> None
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each variant (medians are reported)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared, loaded machine, intra-op threads that wait for "
+        "each other at every op make timings slower and far noisier)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser
 

@@ -74,7 +74,9 @@ def main():
     def per_image():
         return torch.cat(
             [
-                integrated_gradients(model, edits[b : b + 1], originals[b : b + 1], targets[b : b + 1], n_steps=args.n_steps)
+                integrated_gradients(
+                    model, edits[b : b + 1], originals[b : b + 1], targets[b : b + 1], n_steps=args.n_steps
+                )
                 for b in range(args.num_images)
             ]
         )

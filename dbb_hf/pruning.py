@@ -344,7 +344,9 @@ def _mask_column(columns) -> str:
     raise ValueError(f"pruning needs a 'generated_mask' or 'mask' column; the data has {sorted(columns)}")
 
 
-def score_batch(batch: dict, *, model: torch.nn.Module, config: PruningConfig, Psi: Sequence[float], device=None) -> dict:
+def score_batch(
+    batch: dict, *, model: torch.nn.Module, config: PruningConfig, Psi: Sequence[float], device=None
+) -> dict:
     """Stage function: ``psi``, ``rho``, ``psi_threshold`` and ``ig_target`` for each row.
 
     All edits of the batch are scored in one batched IG call. Rows without an edit
@@ -503,7 +505,9 @@ def apply_thresholds(
     needed = ["psi", "rho", "target_label", "label" if Psi is not None else "psi_threshold"]
     missing = [c for c in needed if c not in scored.column_names]
     if missing:
-        raise ValueError(f"apply_thresholds needs column(s) {missing} (run score_edits first); has {scored.column_names}")
+        raise ValueError(
+            f"apply_thresholds needs column(s) {missing} (run score_edits first); has {scored.column_names}"
+        )
     num_classes = _num_classes(scored, Psi)
     P = thresholds_per_class(P, num_classes)
     if Psi is not None:
@@ -558,7 +562,9 @@ def ig_heatmap(
     unattributed pixels show the image. ``image`` must be on the attributions' grid
     (``geometric_transform(model)(edit)``).
     """
-    a = attributions.detach().cpu().double().numpy() if torch.is_tensor(attributions) else np.asarray(attributions, np.float64)
+    if torch.is_tensor(attributions):
+        attributions = attributions.detach().cpu().double().numpy()
+    a = np.asarray(attributions, np.float64)
     if a.ndim == 3:
         a = a.sum(0) if signed else np.abs(a).sum(0)
     elif a.ndim != 2:
@@ -600,7 +606,13 @@ def explain_edit(
     ig_target = target if config.ig_target == "target" else source
     device = x.device
     psi, rho, attributions = _score_tensors(
-        model, x, x_edit, m, torch.as_tensor([source], device=device), torch.as_tensor([ig_target], device=device), config
+        model,
+        x,
+        x_edit,
+        m,
+        torch.as_tensor([source], device=device),
+        torch.as_tensor([ig_target], device=device),
+        config,
     )
     attributions = attributions[0].detach().float().cpu().numpy()
     shown = geometric_transform(model)(edit.convert("RGB"))

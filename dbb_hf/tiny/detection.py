@@ -50,7 +50,7 @@ def _vocab() -> dict[str, int]:
     return {token: i for i, token in enumerate(dict.fromkeys(tokens))}
 
 
-def save_tiny_grounding_dino(path: str | os.PathLike, seed: int = 0, image_size: int = 64) -> str:
+def save_tiny_grounding_dino(path: str | os.PathLike, seed: int = 0, image_size: int = 128) -> str:
     """Save a tiny random GroundingDINO (Swin + BERT) and its processor to ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

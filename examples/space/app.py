@@ -60,7 +60,7 @@ class SpaceConfig:
     )
     classifier: str = field(
         default="",
-        metadata={"help": "The ERM classifier: a folder saved by dbb_hf.modeling.save_classifier, or hf-hub:<repo id>."},
+        metadata={"help": "The ERM classifier: a save_classifier folder (dbb_hf.modeling) or hf-hub:<repo id>."},
     )
     class_names: Optional[list[str]] = field(
         default=None, metadata={"help": "Class names, in label order (default: the classifier's label_names)."}
@@ -87,8 +87,8 @@ class SpaceConfig:
     inpainting_revision: str = field(
         default=InpaintingConfig.revision, metadata={"help": "Hub revision of inpainting_model_id."}
     )
-    num_inference_steps: int = field(default=InpaintingConfig.num_inference_steps, metadata={"help": "Denoising steps."})
-    guidance_scale: float = field(default=InpaintingConfig.guidance_scale, metadata={"help": "Classifier-free guidance."})
+    num_inference_steps: int = field(default=InpaintingConfig.num_inference_steps, metadata={"help": "Denoise steps."})
+    guidance_scale: float = field(default=InpaintingConfig.guidance_scale, metadata={"help": "Guidance scale."})
     resolution: int = field(default=InpaintingConfig.resolution, metadata={"help": "Side the pipeline runs at."})
     mask_dilation: int = field(default=0, metadata={"help": "Grow the mask by this many pixels before inpainting."})
     detector_id: str = field(default=MaskingConfig.detector_id, metadata={"help": "GroundingDINO checkpoint."})
@@ -224,7 +224,8 @@ def build_tiny(config: SpaceConfig) -> SpaceConfig:
     toy = load_toy(ToyConfig(num_train=32, num_validation=4, num_test=4, image_size=64, seed=0))
     names = toy["train"].features["label"].names
     torch.manual_seed(0)
-    classifier = create_classifier(ClassifierConfig(model_name="resnet10t", pretrained=False, image_size=32), len(names))
+    untrained = ClassifierConfig(model_name="resnet10t", pretrained=False, image_size=32)
+    classifier = create_classifier(untrained, len(names))
     save_classifier(classifier, str(root / "classifier"), names)
     examples = root / "examples"
     examples.mkdir(parents=True, exist_ok=True)
@@ -550,7 +551,7 @@ def build_demo(config: SpaceConfig, models: Optional[SpaceModels] = None) -> gr.
                 for label, elem_id in (
                     ("Mask (red)", "mask-output"),
                     ("Edit", "edit-output"),
-                    ("Integrated gradients of the target class (red: towards it, blue: against)", "heatmap-output"),
+                    ("Integrated gradients (red: for the target class)", "heatmap-output"),
                 )
             ]
         rows = _example_rows(config.examples_dir, names)

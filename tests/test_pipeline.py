@@ -1,0 +1,103 @@
+"""The whole method end to end on small toy configurations: a real gain, resuming after a
+crash in the middle of generation, reuse of finished stages, and the report."""
+
+import json
+
+import numpy as np
+import pytest
+from datasets import load_from_disk
+
+import dbb_hf.inpainting as inpainting
+from dbb_hf.cli import run_pipeline
+from dbb_hf.config import load_yaml
+from dbb_hf.presets import DEMO_PRESET
+
+SMALL = [
+    "--options", "num_train=240", "num_validation=80", "num_test=80", "correlation=0.95",
+    "--erm_num_epochs", "2", "--retraining_num_epochs", "2", "--erm_train_batch_size", "32",
+    "--retraining_train_batch_size", "32", "--shard_size", "16", "--inpainting_batch_size", "16",
+    "--pruning_n_steps", "4", "--num_grid_examples", "4",
+]
+
+
+def _run(out, *extra):
+    return run_pipeline(["--output_dir", str(out), *SMALL, *extra], defaults=load_yaml(DEMO_PRESET))
+
+
+def _rows(dataset):
+    return sorted(zip(dataset["example_id"], dataset["label"], dataset["source_example_id"]))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, _run(out)
+
+
+def test_run_writes_every_artifact(finished):
+    out, report = finished
+    for name in ("config.yaml", "report.json", "report.md", "grid.png"):
+        assert (out / name).exists(), name
+    saved = json.loads((out / "report.json").read_text())
+    for model in ("erm", "retrained"):
+        assert 0.0 <= saved[model]["worst_group_accuracy"] <= saved[model]["average_accuracy"] <= 1.0
+        assert set(saved[model]["per_group_accuracy"]) == {
+            "horizontal_bar/land", "horizontal_bar/water", "vertical_bar/land", "vertical_bar/water"}
+    augmented = load_from_disk(str(out / "augmented"))
+    assert set(augmented) == {"train", "synthetic", "validation", "test"}
+    assert len(augmented["train"]) == 240
+    synthetic = augmented["synthetic"]
+    assert len(synthetic) == sum(c["kept"] for c in saved["counts"].values())
+    for column in ("source_label", "source_example_id", "prompt", "seed", "generator", "psi", "rho", "keep"):
+        assert column in synthetic.column_names
+    assert all(synthetic["keep"])
+    assert synthetic["label"] == [1 - s for s in synthetic["source_label"]]  # edits carry their NEW label
+    # Every selected row is accounted for: kept, pruned or failed, with the reason.
+    pruned = load_from_disk(str(out / "pruning"))
+    assert len(pruned) == sum(c["selected"] for c in saved["counts"].values()) == 120
+    reasons = pruned["prune_reason"]
+    assert all((r == "") == k for r, k in zip(reasons, pruned["keep"]))
+    config = (out / "config.yaml").read_text()
+    assert "num_train=240" in config and "retraining" in config
+
+
+def test_rerun_reuses_every_stage(finished):
+    out, _ = finished
+    report = _run(out)
+    assert {"scores", "selection", "masks", "generation", "pruning", "augmented", "erm", "retrained"} <= set(
+        report["reused_stages"])
+
+
+def test_changed_threshold_recomputes_only_downstream(finished, tmp_path):
+    out, _ = finished
+    report = _run(out, "--pruning_P", "0.5")
+    assert {"scores", "selection", "masks", "generation"} <= set(report["reused_stages"])
+    assert "pruning" not in report["reused_stages"] and "retrained" not in report["reused_stages"]
+
+
+def test_killed_during_generation_resumes_to_the_same_augmented_set(finished, tmp_path, monkeypatch):
+    reference, _ = finished
+    out = tmp_path / "crashed"
+    real = inpainting.compose_batch
+    calls = {"n": 0}
+
+    def crash_after_two_shards(batch, **kwargs):  # one call per shard of 16 rows
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt("killed")
+        return real(batch, **kwargs)
+
+    monkeypatch.setattr(inpainting, "compose_batch", crash_after_two_shards)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, "--erm_model", str(reference / "erm" / "model"))
+    finished_shards = list((out / "generation" / "shards").glob("*/0000*"))
+    assert len(finished_shards) == 2
+    calls["n"] = -1000  # no more crashes; count what the rerun still has to do
+    _run(out, "--erm_model", str(reference / "erm" / "model"))
+    assert calls["n"] == -1000 + 8 - 2  # 120 rows = 8 shards: only the 6 unfinished ones were generated
+    a = load_from_disk(str(reference / "augmented"))["synthetic"]
+    b = load_from_disk(str(out / "augmented"))["synthetic"]
+    assert len(set(b["example_id"])) == len(b)  # no duplicates
+    assert _rows(a) == _rows(b)
+    for x, y in zip(a.select(range(min(5, len(a))))["image"], b.select(range(min(5, len(b))))["image"]):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
