@@ -47,6 +47,28 @@ def with_new_features(dataset: Dataset, new_features: Mapping) -> Features:
     return features
 
 
+def map_new_columns(dataset: Dataset, function: Callable, *, new_features: Mapping, **map_kwargs) -> Dataset:
+    """``dataset`` with the columns that ``function`` returns, computed by a batched ``map``.
+
+    The map writes only the new columns and the input columns are joined back untouched.
+    A batched map that reads a column writes it back from its decoded values: every image
+    the function reads would be encoded again (time spent for nothing, and JPEG images
+    re-compressed with loss). A new column with an input column's name replaces it in place.
+    """
+    new = dataset.map(
+        function,
+        batched=True,
+        remove_columns=dataset.column_names,
+        features=Features(new_features),
+        **map_kwargs,
+    )
+    replaced = [c for c in new.column_names if c in dataset.column_names]
+    joined = concatenate_datasets([dataset.remove_columns(replaced), new], axis=1)
+    if not replaced:
+        return joined
+    return joined.select_columns(dataset.column_names + [c for c in new.column_names if c not in replaced])
+
+
 def apply_stage(
     dataset: Dataset,
     function: Callable,
@@ -70,11 +92,11 @@ def apply_stage(
     if cache_dir is not None:
         os.makedirs(cache_dir, exist_ok=True)
         cache_file_name = os.path.join(os.fspath(cache_dir), f"{stage}-{fingerprint}.arrow")
-    return dataset.map(
+    return map_new_columns(
+        dataset,
         function,
-        batched=True,
+        new_features=new_features,
         batch_size=batch_size,
-        features=with_new_features(dataset, new_features),
         fn_kwargs=fn_kwargs or {},
         new_fingerprint=fingerprint,
         cache_file_name=cache_file_name,
@@ -111,7 +133,6 @@ def run_resumable(
     fingerprint = stage_fingerprint(stage, config, dataset._fingerprint, *fingerprint_parts)
     shards_dir = Path(output_dir) / "shards" / fingerprint
     shards_dir.mkdir(parents=True, exist_ok=True)
-    features = with_new_features(dataset, new_features)
     num_shards = max(1, math.ceil(len(dataset) / shard_size))
     mine = range(process_index, num_shards, num_processes)
     for k in tqdm(mine, desc=f"{stage} (shards of {shard_size})", disable=process_index != 0):
@@ -119,11 +140,11 @@ def run_resumable(
         if (final / "dataset_info.json").exists():
             continue
         shard = dataset.select(range(k * shard_size, min(len(dataset), (k + 1) * shard_size)))
-        result = shard.map(
+        result = map_new_columns(
+            shard,
             function,
-            batched=True,
+            new_features=new_features,
             batch_size=batch_size,
-            features=features,
             fn_kwargs=fn_kwargs or {},
             new_fingerprint=f"{fingerprint}-{k:05d}",
         )

@@ -17,7 +17,7 @@ import tempfile
 from dbb_hf.data import group_counts, load_benchmark
 
 parser = argparse.ArgumentParser(description="Load a benchmark and show its columns.")
-parser.add_argument("--output_dir", default=None, help="Where to save the dataset (default: a temporary folder).")
+parser.add_argument("--output_dir", help="Where to save the dataset (default: a temporary folder).")
 args = parser.parse_args()
 output_dir = args.output_dir or tempfile.mkdtemp(prefix="dbb-01-")
 

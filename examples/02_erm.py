@@ -6,7 +6,8 @@ Runs offline on a CPU in well under a minute: a resnet10t from scratch on a smal
 
 On real models, use the config defaults: ``ClassifierConfig()`` is an ImageNet-pretrained
 timm ``resnet50`` (downloaded from the Hub), ``TrainingConfig()`` SGD with a cosine schedule
-and timm augmentation for 10 epochs; several GPUs: ``accelerate launch examples/02_erm.py``.
+and timm augmentation for 10 epochs; several GPUs:
+``accelerate launch examples/02_erm.py --output_dir runs/erm``.
 The saved model loads without dbb_hf: ``timm.create_model("local-dir:<output_dir>/model", pretrained=True)``.
 """
 
@@ -19,7 +20,7 @@ from dbb_hf.modeling import ClassifierConfig, load_classifier
 from dbb_hf.training import TrainingConfig, evaluate_split, train_classifier
 
 parser = argparse.ArgumentParser(description="Train an ERM classifier on the toy benchmark.")
-parser.add_argument("--output_dir", default=None, help="Where checkpoints and the model go (default: a temporary folder).")
+parser.add_argument("--output_dir", help="Where checkpoints and the model go (default: a temporary folder).")
 args = parser.parse_args()
 output_dir = args.output_dir or tempfile.mkdtemp(prefix="dbb-02-")
 
@@ -34,6 +35,7 @@ print(f"best epoch {result.best_epoch}; model saved to {result.model_dir}")
 print("files:", sorted(os.listdir(result.model_dir)))
 
 model = load_classifier(result.model_dir)
+# ERM leans on the background: its worst groups are the classes on their minority background.
 metrics = evaluate_split(model, dataset["test"])
 print("test per-group accuracy:", metrics["per_group_accuracy"])
 print(f"test worst-group accuracy {metrics['worst_group_accuracy']:.3f}, average {metrics['average_accuracy']:.3f}")

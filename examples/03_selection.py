@@ -17,11 +17,13 @@ import tempfile
 
 from dbb_hf.data import load_benchmark
 from dbb_hf.modeling import ClassifierConfig, load_classifier
-from dbb_hf.selection import SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
+from dbb_hf.selection import (
+    SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity,
+)
 from dbb_hf.training import TrainingConfig, train_classifier
 
 parser = argparse.ArgumentParser(description="ERM scoring and lowest-loss selection on the toy benchmark.")
-parser.add_argument("--output_dir", default=None, help="Where the model and the selection go (default: a temporary folder).")
+parser.add_argument("--output_dir", help="Where the model and the selection go (default: a temporary folder).")
 args = parser.parse_args()
 output_dir = args.output_dir or tempfile.mkdtemp(prefix="dbb-03-")
 
@@ -38,10 +40,10 @@ print("first erm_loss values:", [round(v, 4) for v in scored["erm_loss"][:4]])
 
 config = SelectionConfig(lowest_loss="0.25", ti_num_images=4)
 selected = select_lowest_loss(scored, config)
-print(f"selected {len(selected)} of {len(scored)} images; target_label of the first rows:", selected["target_label"][:4])
+print(f"selected {len(selected)} of {len(scored)} images; first target labels:", selected["target_label"][:4])
 # Purity needs training group labels, which the method itself never uses (paper Table 4).
 for name, row in selection_purity(selected, dataset["train"]).items():
-    print(f"  {name}: {row['majority_selected']}/{row['selected']} selected from the majority group {row['majority_group']}")
+    print(f"  {name}: {row['majority_selected']}/{row['selected']} from the majority group {row['majority_group']}")
 
 ti_images = select_textual_inversion(scored, dataset["validation"], config)
 print(f"textual-inversion images: {len(ti_images)} ({config.ti_source}), labels {list(ti_images['label'])}")

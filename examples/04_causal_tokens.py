@@ -23,7 +23,7 @@ from dbb_hf.textual_inversion import TextualInversionConfig, learn_tokens, load_
 from dbb_hf.tiny.diffusion import save_tiny_inpaint_pipeline, save_tiny_text2img_pipeline
 
 parser = argparse.ArgumentParser(description="Learn a causal token per class with tiny diffusion models.")
-parser.add_argument("--output_dir", default=None, help="Where models and tokens go (default: a temporary folder).")
+parser.add_argument("--output_dir", help="Where models and tokens go (default: a temporary folder).")
 args = parser.parse_args()
 output_dir = args.output_dir or tempfile.mkdtemp(prefix="dbb-04-")
 

@@ -23,7 +23,7 @@ from dbb_hf.masking import MaskingConfig, run_masking
 from dbb_hf.tiny.detection import save_tiny_grounding_dino, save_tiny_sam
 
 parser = argparse.ArgumentParser(description="Mask the class objects of toy images.")
-parser.add_argument("--output_dir", default=None, help="Where models and masks go (default: a temporary folder).")
+parser.add_argument("--output_dir", help="Where models and masks go (default: a temporary folder).")
 args = parser.parse_args()
 output_dir = args.output_dir or tempfile.mkdtemp(prefix="dbb-05-")
 

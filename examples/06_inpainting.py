@@ -26,14 +26,15 @@ from dbb_hf.textual_inversion import TextualInversionConfig, learn_tokens, load_
 from dbb_hf.tiny.diffusion import save_tiny_inpaint_pipeline, save_tiny_text2img_pipeline
 
 parser = argparse.ArgumentParser(description="Edit toy images into the other class.")
-parser.add_argument("--output_dir", default=None, help="Where models and edits go (default: a temporary folder).")
+parser.add_argument("--output_dir", help="Where models and edits go (default: a temporary folder).")
 args = parser.parse_args()
 output_dir = args.output_dir or tempfile.mkdtemp(prefix="dbb-06-")
 
 train = load_benchmark("toy", num_train=8, num_validation=4, num_test=4, seed=0)["train"]
 names = train.features["label"].names
 # Stages 1 and 3 in brief: every image goes to the other class, with its ground-truth mask.
-sources = run_masking(train.add_column("target_label", [1 - y for y in train["label"]]), MaskingConfig(backend="column"))
+to_edit = train.add_column("target_label", [1 - y for y in train["label"]])
+sources = run_masking(to_edit, MaskingConfig(backend="column"))
 
 composed = run_inpainting(sources, InpaintingConfig(backend="compose"), donors=prepare_donors(sources))
 print("compose columns:", composed.column_names)

@@ -2,6 +2,7 @@
 crash in the middle of generation, reuse of finished stages, and the report."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -69,7 +70,8 @@ def test_rerun_reuses_every_stage(finished):
 
 
 def test_changed_threshold_recomputes_only_downstream(finished, tmp_path):
-    out, _ = finished
+    out = tmp_path / "copy"
+    shutil.copytree(finished[0], out)
     report = _run(out, "--pruning_P", "0.5")
     assert {"scores", "selection", "masks", "generation"} <= set(report["reused_stages"])
     assert "pruning" not in report["reused_stages"] and "retrained" not in report["reused_stages"]
