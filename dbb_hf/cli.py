@@ -139,6 +139,10 @@ def _prompts(dataset, io: StageIO) -> list[str]:
 @dataclass
 class ModelArg:
     model: str = field(default=None, metadata={"help": "A saved classifier folder (or hf-hub:<id>)."})
+
+
+@dataclass
+class DeviceArg:
     device: Optional[str] = field(default=None, metadata={"help": "Torch device (default: cuda when available)."})
 
 
@@ -147,11 +151,11 @@ def score_main(argv: list[str]) -> int:
     from .modeling import load_classifier
     from .selection import score_dataset
 
-    data, io, m, _ = parse_sections({}, [DataConfig, StageIO, ModelArg], argv)
+    data, io, m, d, _ = parse_sections({}, [DataConfig, StageIO, ModelArg, DeviceArg], argv)
     if m.model is None:
         raise SystemExit("score: --model is required")
     dataset = _load_input(io, data)
-    _save_output(score_dataset(dataset, load_classifier(m.model), device=m.device, model_id=m.model), io)
+    _save_output(score_dataset(dataset, load_classifier(m.model), device=d.device, model_id=m.model), io)
     return 0
 
 
@@ -202,10 +206,10 @@ def learn_tokens_main(argv: list[str]) -> int:
 def mask_main(argv: list[str]) -> int:
     from .masking import MaskingConfig, load_masking_models, run_masking
 
-    io, m, config, _ = parse_sections({}, [StageIO, ModelArg, MaskingConfig], argv)
+    io, d, config, _ = parse_sections({}, [StageIO, DeviceArg, MaskingConfig], argv)
     dataset = _load_input(io)
-    models = None if config.backend == "column" else load_masking_models(config, m.device)
-    _save_output(run_masking(dataset, config, class_names=_prompts(dataset, io), models=models, device=m.device), io)
+    models = None if config.backend == "column" else load_masking_models(config, d.device)
+    _save_output(run_masking(dataset, config, class_names=_prompts(dataset, io), models=models, device=d.device), io)
     return 0
 
 
