@@ -16,7 +16,7 @@ import torch
 from dbb_hf.data import group_counts, load_benchmark
 from dbb_hf.metrics import format_group_table
 from dbb_hf.modeling import ClassifierConfig, load_classifier
-from dbb_hf.training import TrainingConfig, _train_group_counts, evaluate_split, train_classifier
+from dbb_hf.training import TrainingConfig, train_group_counts_of, evaluate_split, train_classifier
 
 
 def main():
@@ -41,7 +41,7 @@ def main():
                        learning_rate=1e-3, weight_decay=1e-4, num_workers=2, seed=args.seed),
     )
     model = load_classifier(result.model_dir)
-    metrics = evaluate_split(model, dataset["test"], train_group_counts=_train_group_counts(dataset["train"]))
+    metrics = evaluate_split(model, dataset["test"], train_group_counts=train_group_counts_of(dataset["train"]))
     minutes = (time.perf_counter() - start) / 60
     print(f"\nERM {args.model} at {args.image_size}px, best epoch {result.best_epoch} of {args.epochs} "
           f"(validation worst-group {result.best_validation['worst_group_accuracy']:.3f}), {minutes:.1f} min")

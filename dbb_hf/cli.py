@@ -77,7 +77,7 @@ class EvaluateArgs:
 def evaluate_main(argv: list[str]) -> int:
     from .metrics import format_group_table
     from .modeling import load_classifier
-    from .training import _train_group_counts, evaluate_split
+    from .training import train_group_counts_of, evaluate_split
 
     data, args, _ = parse_sections({}, [DataConfig, EvaluateArgs], argv)
     if args.model is None:
@@ -87,7 +87,7 @@ def evaluate_main(argv: list[str]) -> int:
         raise SystemExit(f"evaluate: no split {args.split!r}; the dataset has {list(dataset)}")
     model = load_classifier(args.model)
     metrics = evaluate_split(
-        model, dataset[args.split], batch_size=args.batch_size, train_group_counts=_train_group_counts(dataset["train"])
+        model, dataset[args.split], batch_size=args.batch_size, train_group_counts=train_group_counts_of(dataset["train"])
     )
     if args.json:
         _print_json(metrics)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +31,8 @@ from .pruning import PruningConfig, apply_thresholds, class_confidence, score_ed
 from .selection import SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
 from .stages import load_stage_output, save_stage_output, stage_fingerprint
 from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
-from .training import TrainingConfig, _train_group_counts, evaluate_split, train_classifier
+from .training import TrainingConfig, train_group_counts_of, evaluate_split, train_classifier
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -281,26 +278,27 @@ class Pipeline:
         self.timings["retrained"] = time.perf_counter() - start
         return str(self.out / "retrained" / "model")
 
-    def report(self, dataset, augmented, pruned, erm_dir, retrained_dir, info) -> dict:
+    def report(self, dataset, augmented, pruned, erm_dir, retrained_dir, info) -> dict | None:
+        """Evaluate ERM and the retrained model, then write the report (main process only)."""
         from .report import write_report
 
-        start = time.perf_counter()
-        train_counts = _train_group_counts(dataset["train"])
-        metrics = {}
-        for name, model_dir in (("erm", erm_dir), ("retrained", retrained_dir)):
-            model = load_classifier(model_dir, device=self.device)
-            metrics[name] = {
-                split: evaluate_split(model, dataset[split], train_group_counts=train_counts)
-                for split in ("validation", "test")
-            }
         report = None
         if self.state.is_main_process:
+            start = time.perf_counter()
+            train_counts = train_group_counts_of(dataset["train"])
+            metrics = {}
+            for name, model_dir in (("erm", erm_dir), ("retrained", retrained_dir)):
+                model = load_classifier(model_dir, device=self.device)
+                metrics[name] = {
+                    split: evaluate_split(model, dataset[split], train_group_counts=train_counts)
+                    for split in ("validation", "test")
+                }
+            self.timings["evaluation"] = time.perf_counter() - start
             report = write_report(
                 self.out, metrics=metrics, pruned=pruned, augmented=augmented, info=info,
                 configs=self.configs, data=self.data, timings=self.timings, reused=self.reused,
                 num_grid_examples=self.run.num_grid_examples,
             )
-            self.timings["report"] = time.perf_counter() - start
             if self.run.push_to_hub:
                 from .hub import publish_run
 

@@ -8,7 +8,6 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 from datasets import Dataset, DatasetDict
 from PIL import Image, ImageDraw
 

@@ -201,7 +201,7 @@ def _selection_value(metrics: dict, config: TrainingConfig, has_groups: bool) ->
     return metrics["worst_group_accuracy"] if name == "worst_group_accuracy" else metrics["average_accuracy"]
 
 
-def _train_group_counts(train: Dataset) -> list[int] | None:
+def train_group_counts_of(train: Dataset) -> list[int] | None:
     if "spurious" not in train.features:
         return None
     num_groups = train.features["label"].num_classes * train.features["spurious"].num_classes
@@ -286,7 +286,7 @@ def train_classifier(
     )
 
     has_groups = "group" in validation.column_names and "spurious" in validation.features
-    train_counts = _train_group_counts(train)
+    train_counts = train_group_counts_of(train)
     state = {"epoch": 0, "best_value": -1.0, "best_epoch": -1, "best_validation": {}, "history": []}
     latest = _latest_checkpoint(checkpoint_dir) if config.resume else None
     if latest is not None:

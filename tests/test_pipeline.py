@@ -14,9 +14,9 @@ from dbb_hf.config import load_yaml
 from dbb_hf.presets import DEMO_PRESET
 
 SMALL = [
-    "--options", "num_train=240", "num_validation=80", "num_test=80", "correlation=0.95",
-    "--erm_num_epochs", "2", "--retraining_num_epochs", "2", "--erm_train_batch_size", "32",
-    "--retraining_train_batch_size", "32", "--shard_size", "16", "--inpainting_batch_size", "16",
+    "--options", "num_train=600", "num_validation=200", "num_test=200", "correlation=0.98",
+    "--erm_num_epochs", "3", "--retraining_num_epochs", "3", "--erm_train_batch_size", "32",
+    "--retraining_train_batch_size", "32", "--shard_size", "32", "--inpainting_batch_size", "32",
     "--pruning_n_steps", "4", "--num_grid_examples", "4",
 ]
 
@@ -46,7 +46,7 @@ def test_run_writes_every_artifact(finished):
             "horizontal_bar/land", "horizontal_bar/water", "vertical_bar/land", "vertical_bar/water"}
     augmented = load_from_disk(str(out / "augmented"))
     assert set(augmented) == {"train", "synthetic", "validation", "test"}
-    assert len(augmented["train"]) == 240
+    assert len(augmented["train"]) == 600
     synthetic = augmented["synthetic"]
     assert len(synthetic) == sum(c["kept"] for c in saved["counts"].values())
     for column in ("source_label", "source_example_id", "prompt", "seed", "generator", "psi", "rho", "keep"):
@@ -55,11 +55,18 @@ def test_run_writes_every_artifact(finished):
     assert synthetic["label"] == [1 - s for s in synthetic["source_label"]]  # edits carry their NEW label
     # Every selected row is accounted for: kept, pruned or failed, with the reason.
     pruned = load_from_disk(str(out / "pruning"))
-    assert len(pruned) == sum(c["selected"] for c in saved["counts"].values()) == 120
+    assert len(pruned) == sum(c["selected"] for c in saved["counts"].values()) == 300
     reasons = pruned["prune_reason"]
     assert all((r == "") == k for r, k in zip(reasons, pruned["keep"]))
     config = (out / "config.yaml").read_text()
     assert "num_train=240" in config and "retraining" in config
+
+
+def test_the_method_repairs_the_shortcut(finished):
+    # ERM leans on the background (98 % correlated in training); the edits break the
+    # shortcut and the upweighted retraining recovers the minority groups.
+    _, report = finished
+    assert report["retrained"]["worst_group_accuracy"] >= report["erm"]["worst_group_accuracy"] + 0.1
 
 
 def test_rerun_reuses_every_stage(finished):
@@ -83,7 +90,7 @@ def test_killed_during_generation_resumes_to_the_same_augmented_set(finished, tm
     real = inpainting.compose_batch
     calls = {"n": 0}
 
-    def crash_after_two_shards(batch, **kwargs):  # one call per shard of 16 rows
+    def crash_after_two_shards(batch, **kwargs):  # one call per shard of 32 rows
         calls["n"] += 1
         if calls["n"] > 2:
             raise KeyboardInterrupt("killed")
@@ -96,7 +103,7 @@ def test_killed_during_generation_resumes_to_the_same_augmented_set(finished, tm
     assert len(finished_shards) == 2
     calls["n"] = -1000  # no more crashes; count what the rerun still has to do
     _run(out, "--erm_model", str(reference / "erm" / "model"))
-    assert calls["n"] == -1000 + 8 - 2  # 120 rows = 8 shards: only the 6 unfinished ones were generated
+    assert calls["n"] == -1000 + 10 - 2  # 300 rows = 10 shards: only the 8 unfinished ones were generated
     a = load_from_disk(str(reference / "augmented"))["synthetic"]
     b = load_from_disk(str(out / "augmented"))["synthetic"]
     assert len(set(b["example_id"])) == len(b)  # no duplicates
