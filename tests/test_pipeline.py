@@ -59,7 +59,7 @@ def test_run_writes_every_artifact(finished):
     reasons = pruned["prune_reason"]
     assert all((r == "") == k for r, k in zip(reasons, pruned["keep"]))
     config = (out / "config.yaml").read_text()
-    assert "num_train=240" in config and "retraining" in config
+    assert "num_train=600" in config and "retraining" in config
 
 
 def test_the_method_repairs_the_shortcut(finished):
@@ -79,7 +79,7 @@ def test_rerun_reuses_every_stage(finished):
 def test_changed_threshold_recomputes_only_downstream(finished, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(finished[0], out)
-    report = _run(out, "--pruning_P", "0.5")
+    report = _run(out, "--pruning_P", "0.5", "--retraining_num_epochs", "1")
     assert {"scores", "selection", "masks", "generation"} <= set(report["reused_stages"])
     assert "pruning" not in report["reused_stages"] and "retrained" not in report["reused_stages"]
 
@@ -98,11 +98,11 @@ def test_killed_during_generation_resumes_to_the_same_augmented_set(finished, tm
 
     monkeypatch.setattr(inpainting, "compose_batch", crash_after_two_shards)
     with pytest.raises(KeyboardInterrupt):
-        _run(out, "--erm_model", str(reference / "erm" / "model"))
+        _run(out, "--erm_model", str(reference / "erm" / "model"), "--retraining_num_epochs", "1")
     finished_shards = list((out / "generation" / "shards").glob("*/0000*"))
     assert len(finished_shards) == 2
     calls["n"] = -1000  # no more crashes; count what the rerun still has to do
-    _run(out, "--erm_model", str(reference / "erm" / "model"))
+    _run(out, "--erm_model", str(reference / "erm" / "model"), "--retraining_num_epochs", "1")
     assert calls["n"] == -1000 + 10 - 2  # 300 rows = 10 shards: only the 8 unfinished ones were generated
     a = load_from_disk(str(reference / "augmented"))["synthetic"]
     b = load_from_disk(str(out / "augmented"))["synthetic"]
