@@ -4,7 +4,7 @@ The folder's official val/test partitions hold no blond male, so it is re-split 
 identity (identity-disjoint, every group in every split). Small input resolution,
 no pretrained weights (offline). Run from the repository root:
 
-    python benchmarks/celeba_mini_erm.py [--data_dir ../shared/data/celeba-mini] [--epochs 12]
+    python benchmarks/celeba_mini_erm.py [--data_dir ../shared/data/celeba-mini] [--epochs 6]
 """
 
 import argparse
@@ -23,10 +23,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="../shared/data/celeba-mini")
     parser.add_argument("--output_dir", default="runs/bench-celeba-mini-erm")
-    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--model", default="resnet10t")
     parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=6)
+    # The folder's 36 blond males come from 5 identities (21, 7, 5, 2, 1 images); seed 3
+    # is the identity split that leaves several of them in both validation (7) and test (5).
+    parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(2)
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from _common import base_parser, finish, print_machine, verdict
@@ -194,6 +195,7 @@ def main():
     if args.child:
         child(args)
         return 0
+    torch.set_num_threads(args.threads)
     print_machine("scale: peak memory of the sharded stages over N and 4N images", vars(args))
     results = []
     with tempfile.TemporaryDirectory() as tmp:

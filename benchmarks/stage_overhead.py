@@ -57,12 +57,13 @@ CLASS_NAMES = ["horizontal bar", "vertical bar"]
 def parse_args():
     parser = base_parser(__doc__)
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
-    parser.add_argument("--num-images", type=int, default=32, help="images per timed run of a stage")
+    parser.add_argument("--num-images", type=int, default=64, help="images per timed run of a stage")
     parser.add_argument("--image-size", type=int, default=32, help="side of the toy images")
     parser.add_argument("--target", type=float, default=0.9, help="throughput(map) / throughput(direct) needed")
     parser.add_argument("--generation-steps", type=int, default=10, help="denoising steps of the tiny SD pipeline")
     parser.add_argument("--generation-resolution", type=int, default=32, help="side the tiny SD pipeline runs at")
     parser.add_argument("--ig-steps", type=int, default=50, help="integrated-gradient steps (the library default)")
+    parser.add_argument("--classifier-size", type=int, default=32, help="input side of the pruning classifier")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of one map run per stage")
     return parser.parse_args()
 
@@ -206,7 +207,7 @@ def with_edits(data: Dataset, seed: int) -> Dataset:
 
 def pruning_variants(root: Path, data: Dataset, args):
     torch.manual_seed(args.seed)
-    classifier = ClassifierConfig(model_name="resnet10t", pretrained=False, image_size=args.image_size, crop_pct=1.0)
+    classifier = ClassifierConfig(model_name="resnet10t", pretrained=False, image_size=args.classifier_size, crop_pct=1.0)
     model = create_classifier(classifier, num_classes=2).eval()
     config = PruningConfig(n_steps=args.ig_steps)
     Psi = [0.5, 0.5]
