@@ -51,7 +51,6 @@ def parse_args():
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--augmentation", choices=["timm", "none"], default="timm")
     parser.add_argument("--target", type=float, default=0.95, help="library / bare samples per second needed")
-    parser.set_defaults(repeats=3)
     return parser.parse_args()
 
 

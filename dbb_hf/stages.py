@@ -147,6 +147,9 @@ def run_resumable(
             batch_size=batch_size,
             fn_kwargs=fn_kwargs or {},
             new_fingerprint=f"{fingerprint}-{k:05d}",
+            # One shard's new columns in memory, written once below; otherwise datasets
+            # also writes them to a cache file beside the input dataset's own files.
+            keep_in_memory=True,
         )
         tmp = shards_dir / f".tmp-{k:05d}-{process_index}"
         shutil.rmtree(tmp, ignore_errors=True)
