@@ -19,9 +19,7 @@ labels and validation accuracy otherwise; the best model is saved in timm's Hub 
 from __future__ import annotations
 
 import json
-import logging
 import math
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +37,6 @@ from tqdm.auto import tqdm
 from .metrics import group_metrics
 from .modeling import ClassifierConfig, create_classifier, eval_transform, save_classifier, train_transform
 
-logger = logging.getLogger(__name__)
 
 REAL = -1  # the `direction` of a real training image
 
