@@ -202,6 +202,18 @@ def _source_and_mask(batch: dict, i: int, dilation: int) -> tuple[np.ndarray, np
     return image, binary_mask(mask, dilation)
 
 
+def _editable_rows(batch: dict, statuses: list[str], dilation: int):
+    """(index, source, mask) of the rows still OK, marking rows whose mask is empty."""
+    for i, status in enumerate(statuses):
+        if status != OK:
+            continue
+        source, mask = _source_and_mask(batch, i, dilation)
+        if not mask.any():
+            statuses[i] = "skipped_empty_mask"
+            continue
+        yield i, source, mask
+
+
 def _check_batch(batch: dict) -> None:
     require_columns(batch.keys(), INPUT_COLUMNS, "the inpainting input")
 
@@ -225,13 +237,7 @@ def inpaint_batch(batch: dict, *, pipe, config: InpaintingConfig, class_names: S
         "generation_status": [_row_status(batch, i) for i in range(n)],
     }
     todo, sources, masks = [], [], []
-    for i in range(n):
-        if out["generation_status"][i] != OK:
-            continue
-        source, mask = _source_and_mask(batch, i, config.mask_dilation)
-        if not mask.any():
-            out["generation_status"][i] = "skipped_empty_mask"
-            continue
+    for i, source, mask in _editable_rows(batch, out["generation_status"], config.mask_dilation):
         todo.append(i)
         sources.append(source)
         masks.append(mask)
@@ -319,13 +325,7 @@ def compose_batch(batch: dict, *, donors: Dataset, config: InpaintingConfig) -> 
         if "mask_status" in donors.column_names
         else np.ones(len(donors), dtype=bool)
     )
-    for i in range(n):
-        if out["generation_status"][i] != OK:
-            continue
-        source, mask = _source_and_mask(batch, i, config.mask_dilation)
-        if not mask.any():
-            out["generation_status"][i] = "skipped_empty_mask"
-            continue
+    for i, source, mask in _editable_rows(batch, out["generation_status"], config.mask_dilation):
         if mask.all():
             out["generation_status"][i] = "skipped_no_background"
             continue

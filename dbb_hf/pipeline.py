@@ -334,7 +334,7 @@ def build_augmented(dataset: DatasetDict, pruned: Dataset) -> DatasetDict:
     synthetic = kept.map(
         to_synthetic, batched=True, remove_columns=drop + ["target_label"],
         features=_ordered(synthetic_features, features), desc="augmented",
-    ) if len(kept) else _empty_synthetic(kept, synthetic_features, features, drop)
+    ) if len(kept) else _empty_synthetic(synthetic_features, features)
     return DatasetDict(
         {"train": dataset["train"], "synthetic": synthetic, "validation": dataset["validation"], "test": dataset["test"]}
     )
@@ -347,7 +347,7 @@ def _ordered(synthetic_features, features):
     return Features({c: synthetic_features[c] for c in order if c != "target_label"})
 
 
-def _empty_synthetic(kept, synthetic_features, features, drop):
+def _empty_synthetic(synthetic_features, features):
     ordered = _ordered(synthetic_features, features)
     return Dataset.from_dict({c: [] for c in ordered}, features=ordered)
 
