@@ -24,6 +24,14 @@ the mask's own bounding box for ``column``; empty when nothing was detected),
 1.0 for a non-empty ``column`` mask, 0.0 when nothing was found) and ``mask_status``
 ("ok", "no_detection": no box above the threshold, "empty_mask": a box but no mask
 pixel). Every row is kept; a row without a mask gets an all-zero mask and its status.
+
+``region`` turns the object's mask into the region the generator may repaint, after
+detection/segmentation and before dilation, for every backend: ``mask`` (the object's
+pixels), ``box`` (its bounding box) or ``square_box`` (that box grown to a square, see
+:func:`region_mask`). A mask that hugs the object leaves no room for an object of another
+shape (a horizontal bar's pixels cannot hold a vertical bar), so an edit into the other
+class needs the box or the square. ``mask_box`` stays the detector's box (``column``:
+the bounding box of the final mask, as before).
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from .stages import apply_stage, run_resumable
 
 BACKENDS = ("grounded_sam", "column", "lang_sam")
 MASK_POLICIES = ("first", "union")
+REGIONS = ("mask", "box", "square_box")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # SAM and SAM 2 take the same box prompts and return masks of the same layout; the
 # checkpoint's model_type says which of the two classes holds its weights.
@@ -101,6 +110,14 @@ class MaskingConfig:
         default="first",
         metadata={"help": "first: the mask of the highest-scoring box; union: all boxes' masks OR-ed."},
     )
+    region: str = field(
+        default="mask",
+        metadata={
+            "help": "Region to repaint, made from the object's mask before dilation: mask (its pixels), "
+            "box (its bounding box) or square_box (the box grown to a square of side max(h, w), centred, "
+            "kept inside the image)."
+        },
+    )
     dilation: int = field(
         default=0, metadata={"help": "Grow the mask by this many pixels (square neighbourhood)."}
     )
@@ -122,6 +139,8 @@ class MaskingConfig:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.mask_policy not in MASK_POLICIES:
             raise ValueError(f"mask_policy must be one of {MASK_POLICIES}, got {self.mask_policy!r}")
+        if self.region not in REGIONS:
+            raise ValueError(f"region must be one of {REGIONS}, got {self.region!r}")
         for name in ("box_threshold", "text_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -243,6 +262,38 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
     return F.max_pool2d(grid, 2 * pixels + 1, stride=1, padding=pixels)[0, 0].numpy() > 0
 
 
+def _square_span(start: int, stop: int, side: int, limit: int) -> tuple[int, int]:
+    """``[start, stop)`` grown to ``side`` pixels around its centre (the odd pixel after it),
+    shifted back inside ``[0, limit)`` where it sticks out, cut only when ``side > limit``."""
+    start -= (side - (stop - start)) // 2
+    start = max(0, min(start, limit - side))
+    return start, min(start + side, limit)
+
+
+def region_mask(mask: np.ndarray, region: str) -> np.ndarray:
+    """The region to repaint from an object's boolean mask ``(H, W)``.
+
+    ``mask``: the mask itself. ``box``: its bounding box filled. ``square_box``: the
+    bounding box grown to a square of side ``max(h, w)`` centred on the box, shifted
+    inwards where it would leave the image and cut only where the image is narrower than
+    the side. An empty mask gives an empty region.
+    """
+    if region not in REGIONS:
+        raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
+    mask = np.asarray(mask, dtype=bool)
+    if region == "mask" or not mask.any():
+        return mask
+    x1, y1, x2, y2 = (int(v) for v in mask_bbox(mask))
+    if region == "square_box":
+        side = max(x2 - x1, y2 - y1)
+        height, width = mask.shape
+        x1, x2 = _square_span(x1, x2, side, width)
+        y1, y2 = _square_span(y1, y2, side, height)
+    out = np.zeros_like(mask)
+    out[y1:y2, x1:x2] = True
+    return out
+
+
 def mask_bbox(mask: np.ndarray) -> list[float]:
     """xyxy pixel-edge box of a mask's pixels (x2, y2 exclusive); empty list for an empty mask."""
     ys, xs = np.nonzero(mask)
@@ -262,13 +313,13 @@ def _select(scores: np.ndarray, policy: str) -> np.ndarray:
     return np.array([int(np.argmax(scores))]) if policy == "first" else np.arange(len(scores))
 
 
-def _row(size: tuple[int, int], boxes: np.ndarray, scores: np.ndarray, masks: np.ndarray, dilation: int) -> dict:
+def _row(size: tuple[int, int], boxes: np.ndarray, scores: np.ndarray, masks: np.ndarray, config: MaskingConfig) -> dict:
     """One output row from the selected boxes, their scores and their masks ``(n, H, W)``."""
     width, height = size
     if len(boxes) == 0:
         empty = _mask_image(np.zeros((height, width), bool))
         return {"mask": empty, "mask_box": [], "mask_score": 0.0, "mask_status": NO_DETECTION}
-    mask = dilate(np.any(masks, axis=0), dilation)
+    mask = dilate(region_mask(np.any(masks, axis=0), config.region), config.dilation)
     box = [
         float(np.clip(boxes[:, 0].min(), 0, width)),
         float(np.clip(boxes[:, 1].min(), 0, height)),
@@ -346,7 +397,7 @@ def _grounded_sam_rows(images, prompts, *, models: MaskingModels, config: Maskin
     rows = []
     for i, (image, (boxes, scores)) in enumerate(zip(images, detections)):
         empty = np.zeros((0, image.height, image.width), bool)
-        rows.append(_row(image.size, boxes[chosen[i]], scores[chosen[i]], masks.get(i, empty), config.dilation))
+        rows.append(_row(image.size, boxes[chosen[i]], scores[chosen[i]], masks.get(i, empty), config))
     return rows
 
 
@@ -360,7 +411,7 @@ def _lang_sam_rows(images, prompts, *, models: MaskingModels, config: MaskingCon
         scores = np.asarray(result["scores"], dtype=np.float32).reshape(-1)
         masks = np.asarray(result["masks"]).reshape(len(boxes), image.height, image.width) > 0
         idx = _select(scores, config.mask_policy)
-        rows.append(_row(image.size, boxes[idx], scores[idx], masks[idx], config.dilation))
+        rows.append(_row(image.size, boxes[idx], scores[idx], masks[idx], config))
     return rows
 
 
@@ -373,7 +424,7 @@ def _column_rows(batch: dict, config: MaskingConfig) -> list[dict]:
             raise ValueError(
                 f"{name}: column {config.mask_column!r} holds a mask of size {found}, the image is {image.size}"
             )
-        mask = dilate(np.asarray(source.convert("L")) > 127, config.dilation)
+        mask = dilate(region_mask(np.asarray(source.convert("L")) > 127, config.region), config.dilation)
         box = mask_bbox(mask)
         status, score = (OK, 1.0) if box else (EMPTY_MASK, 0.0)
         rows.append({"mask": _mask_image(mask), "mask_box": box, "mask_score": score, "mask_status": status})
@@ -405,7 +456,7 @@ def _check_dataset(dataset: Dataset, config: MaskingConfig, class_names: Sequenc
         )
     # A stage adds columns and never rewrites its input; copying `mask` onto itself unchanged is the one exception.
     clashes = [c for c in MASK_FEATURES if c in dataset.column_names]
-    if config.backend == "column" and config.mask_column == "mask" and config.dilation == 0:
+    if config.backend == "column" and config.mask_column == "mask" and config.dilation == 0 and config.region == "mask":
         clashes = [c for c in clashes if c != "mask"]
     if clashes:
         raise ValueError(

@@ -29,6 +29,7 @@ from dbb_hf.masking import (
     mask_batch,
     post_process_grounded_detection,
     prompt_for,
+    region_mask,
     run_masking,
 )
 from dbb_hf.tiny.detection import save_tiny_grounding_dino, save_tiny_sam, save_tiny_sam2
@@ -340,3 +341,60 @@ def test_lang_sam_backend_applies_the_mask_policy(unmasked, monkeypatch):
     for row in union.select(range(1, 3)):
         assert row["mask_box"] == [0, 0, w, h] and row["mask_score"] == pytest.approx(0.9)
         assert binary(row["mask"]).sum() == 32
+
+
+def _box(shape, y1, y2, x1, x2):
+    out = np.zeros(shape, bool)
+    out[y1:y2, x1:x2] = True
+    return out
+
+
+def test_region_mask_known_answers():
+    bar = np.zeros((16, 16), bool)
+    bar[6:8, 3:11] = True  # a horizontal bar 8 wide, 2 high
+    bar[6, 3] = False  # not a full rectangle, so "box" differs from "mask"
+    assert np.array_equal(region_mask(bar, "mask"), bar)
+    assert np.array_equal(region_mask(bar, "box"), _box((16, 16), 6, 8, 3, 11))
+    # Square of side 8 centred on the box: rows 6-8 grown by 3 on each side.
+    assert np.array_equal(region_mask(bar, "square_box"), _box((16, 16), 3, 11, 3, 11))
+    # An odd difference puts the extra pixel after the box: height 3 -> 8 gives 2 above, 3 below.
+    tall = _box((16, 16), 5, 8, 4, 12)
+    assert np.array_equal(region_mask(tall, "square_box"), _box((16, 16), 3, 11, 4, 12))
+    # Near the top edge the square is shifted down instead of cut.
+    top = _box((16, 16), 0, 2, 2, 12)
+    assert np.array_equal(region_mask(top, "square_box"), _box((16, 16), 0, 10, 2, 12))
+    # A vertical bar at the right edge: shifted left.
+    right = _box((16, 16), 2, 12, 15, 16)
+    assert np.array_equal(region_mask(right, "square_box"), _box((16, 16), 2, 12, 6, 16))
+    # Wider than the image is tall: cut to the image's height.
+    wide = _box((6, 16), 2, 3, 1, 15)
+    assert np.array_equal(region_mask(wide, "square_box"), _box((6, 16), 0, 6, 1, 15))
+    empty = np.zeros((8, 8), bool)
+    for region in ("mask", "box", "square_box"):
+        assert not region_mask(empty, region).any()
+    with pytest.raises(ValueError, match="region"):
+        region_mask(bar, "circle")
+
+
+def test_region_applies_before_dilation_for_the_column_backend(unmasked):
+    config = MaskingConfig(backend="column", mask_column="gt_mask", region="square_box", dilation=1)
+    out = run_masking(unmasked, config)
+    for row, truth in zip(out, unmasked["gt_mask"]):
+        expected = dilate(region_mask(binary(truth), "square_box"), 1)
+        assert np.array_equal(binary(row["mask"]), expected)
+        assert row["mask_box"] == mask_bbox(expected)
+    # The region is part of the config, hence of the stage's fingerprint.
+    plain = run_masking(unmasked, dataclasses.replace(config, region="mask"))
+    assert out._fingerprint != plain._fingerprint
+    with pytest.raises(ValueError, match="mask"):
+        run_masking(unmasked.rename_column("gt_mask", "mask"), MaskingConfig(backend="column", region="box"))
+
+
+def test_region_applies_to_the_detected_mask(unmasked, checkpoints, sam_models):
+    config = tiny_config(checkpoints, region="box")
+    batch = unmasked[:4]
+    plain = mask_batch(batch, models=sam_models, config=tiny_config(checkpoints), class_names=["a", "b"])
+    boxed = mask_batch(batch, models=sam_models, config=config, class_names=["a", "b"])
+    for a, b in zip(plain["mask"], boxed["mask"]):
+        assert np.array_equal(binary(b), region_mask(binary(a), "box"))
+    assert plain["mask_box"] == boxed["mask_box"]
