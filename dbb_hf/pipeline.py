@@ -29,7 +29,7 @@ from .masking import MaskingConfig, load_masking_models, run_masking
 from .modeling import ClassifierConfig, load_classifier
 from .pruning import PruningConfig, apply_thresholds, class_confidence, score_edits
 from .selection import SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
-from .stages import load_stage_output, save_stage_output, stage_fingerprint
+from .stages import load_stage_output, save_stage_output, source_signature, stage_fingerprint, write_text_atomic
 from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
 from .training import TrainingConfig, train_group_counts_of, evaluate_split, train_classifier
 
@@ -133,6 +133,24 @@ class Pipeline:
             raise ValueError(f"class_prompts needs one entry per class {names}, got {prompts}")
         return list(prompts)
 
+    def load_data(self) -> tuple[DatasetDict, str]:
+        """The benchmark, kept as a stage when its source is the toy or a local folder.
+
+        Decoding a benchmark from its official layout (CSV metadata, image folders) costs
+        more than every reused stage of a rerun together, so the loaded splits are saved.
+        The fingerprint covers the folder's listing (names, sizes, modification times),
+        so edited files are loaded again. A Hub dataset id is not cached here: its version
+        is only known online, and `datasets` keeps its own download cache.
+        """
+        source = source_signature(self.data.data_dir)
+        fp = stage_fingerprint("data", self.data, source)
+        if self.data.dataset != "toy" and source is None:
+            start = time.perf_counter()
+            dataset = self.data.load()
+            self.timings["data"] = time.perf_counter() - start
+            return dataset, fp
+        return self._cached("data", fp, lambda stage_dir: self.data.load()), fp
+
     def train_erm(self, dataset: DatasetDict, fp_data: str) -> tuple[str, str]:
         if self.run.erm_model:
             return self.run.erm_model, stage_fingerprint("erm-given", self.run.erm_model)
@@ -235,10 +253,7 @@ class Pipeline:
             (self.out / "config.yaml").write_text(
                 to_yaml({"data": self.data, "run": self.run, **self.configs, "dbb_hf_version": __version__})
             )
-        start = time.perf_counter()
-        dataset = self.data.load()
-        self.timings["load"] = time.perf_counter() - start
-        fp_data = stage_fingerprint("data", self.data)
+        dataset, fp_data = self.load_data()
         erm_dir, fp_erm = self.train_erm(dataset, fp_data)
 
         info = {}
@@ -252,10 +267,13 @@ class Pipeline:
             pruned, info = self.generate(dataset, erm_dir, fp_erm)
             fp_aug = stage_fingerprint("augmented", info["fingerprint"], fp_data)
             augmented = self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned))
-        retrained_dir = self.retrain(augmented, erm_dir, fp_aug)
-        return self.report(dataset, augmented, pruned, erm_dir, retrained_dir, info)
+        retrained_dir, fp_retrained = self.retrain(augmented, erm_dir, fp_aug)
+        fp_report = stage_fingerprint(
+            "report", self.run.num_grid_examples, fp_data, fp_erm, fp_retrained, info.get("fingerprint")
+        )
+        return self.report(dataset, augmented, pruned, erm_dir, retrained_dir, info, fp_report)
 
-    def retrain(self, augmented: DatasetDict, erm_dir: str, fp_aug: str) -> str:
+    def retrain(self, augmented: DatasetDict, erm_dir: str, fp_aug: str) -> tuple[str, str]:
         start = time.perf_counter()
         config = dataclasses.replace(self.configs["retraining"], output_dir=str(self.out / "retrained"))
         fp = stage_fingerprint(
@@ -276,28 +294,42 @@ class Pipeline:
                 done.write_text(json.dumps({"fingerprint": fp}))
             self.state.wait_for_everyone()
         self.timings["retrained"] = time.perf_counter() - start
-        return str(self.out / "retrained" / "model")
+        return str(self.out / "retrained" / "model"), fp
 
-    def report(self, dataset, augmented, pruned, erm_dir, retrained_dir, info) -> dict | None:
+    def evaluate(self, dataset, erm_dir, retrained_dir, fingerprint: str) -> dict:
+        """Validation and test metrics of both models, saved beside the report and reused
+        while the data and both models are unchanged (a rerun then skips evaluation)."""
+        path = self.out / "evaluation.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("fingerprint") == fingerprint:
+                self.reused.append("evaluation")
+                return saved["metrics"]
+        train_counts = train_group_counts_of(dataset["train"])
+        metrics = {}
+        for name, model_dir in (("erm", erm_dir), ("retrained", retrained_dir)):
+            model = load_classifier(model_dir, device=self.device)
+            metrics[name] = {
+                split: evaluate_split(model, dataset[split], train_group_counts=train_counts)
+                for split in ("validation", "test")
+            }
+        write_text_atomic(path, json.dumps({"fingerprint": fingerprint, "metrics": metrics}, default=str))
+        # Read back what was written, so a first run and a rerun report identical values.
+        return json.loads(path.read_text())["metrics"]
+
+    def report(self, dataset, augmented, pruned, erm_dir, retrained_dir, info, fingerprint: str) -> dict | None:
         """Evaluate ERM and the retrained model, then write the report (main process only)."""
         from .report import write_report
 
         report = None
         if self.state.is_main_process:
             start = time.perf_counter()
-            train_counts = train_group_counts_of(dataset["train"])
-            metrics = {}
-            for name, model_dir in (("erm", erm_dir), ("retrained", retrained_dir)):
-                model = load_classifier(model_dir, device=self.device)
-                metrics[name] = {
-                    split: evaluate_split(model, dataset[split], train_group_counts=train_counts)
-                    for split in ("validation", "test")
-                }
+            metrics = self.evaluate(dataset, erm_dir, retrained_dir, fingerprint)
             self.timings["evaluation"] = time.perf_counter() - start
             report = write_report(
                 self.out, metrics=metrics, pruned=pruned, augmented=augmented, info=info,
                 configs=self.configs, data=self.data, timings=self.timings, reused=self.reused,
-                num_grid_examples=self.run.num_grid_examples,
+                num_grid_examples=self.run.num_grid_examples, fingerprint=fingerprint,
             )
             if self.run.push_to_hub:
                 from .hub import publish_run

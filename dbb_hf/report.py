@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from datasets import Dataset, DatasetDict
 from PIL import Image, ImageDraw
 
 from .metrics import format_group_table
+from .stages import write_text_atomic
 
 TILE = 96
 
@@ -39,7 +41,12 @@ def _summary(metrics: dict) -> dict:
 
 
 def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, configs, data, timings, reused,
-                 num_grid_examples: int) -> dict:
+                 num_grid_examples: int, fingerprint: str | None = None) -> dict:
+    """Write report.json, report.md and the picture grid.
+
+    ``fingerprint`` names everything the pictures depend on (data, models, edits, number
+    of examples): a grid saved under the same fingerprint is reused, not drawn again.
+    """
     out = Path(out)
     report = {
         "erm": _summary(metrics["erm"]["test"]),
@@ -66,14 +73,38 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
         "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
         "reused_stages": reused,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    grid = None
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str))
+    has_grid = False
     if pruned is not None and info.get("model") is not None:
-        grid = edit_grid(pruned, info["model"], configs["pruning"], num_grid_examples)
-        if grid is not None:
-            grid.save(out / "grid.png")
-    (out / "report.md").write_text(_markdown(report, metrics, grid is not None))
+        has_grid = _cached_picture(
+            out / "grid.png", fingerprint,
+            lambda: edit_grid(pruned, info["model"], configs["pruning"], num_grid_examples),
+        )
+    write_text_atomic(out / "report.md", _markdown(report, metrics, has_grid))
     return report
+
+
+def _cached_picture(path: Path, fingerprint: str | None, draw) -> bool:
+    """Save ``draw()`` (a PIL image or None) at ``path`` unless it was saved under ``fingerprint``.
+
+    The fingerprint is kept in ``<path>.json`` beside the picture. Returns whether the
+    picture exists.
+    """
+    mark = path.with_name(path.name + ".json")
+    if fingerprint is not None and path.exists() and mark.exists():
+        if json.loads(mark.read_text()).get("fingerprint") == fingerprint:
+            return True
+    picture = draw()
+    mark.unlink(missing_ok=True)
+    if picture is None:
+        path.unlink(missing_ok=True)
+        return False
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    picture.save(tmp)
+    os.replace(tmp, path)
+    if fingerprint is not None:
+        write_text_atomic(mark, json.dumps({"fingerprint": fingerprint}))
+    return True
 
 
 def _pct(x) -> str:

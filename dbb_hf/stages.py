@@ -41,6 +41,32 @@ def stage_fingerprint(stage: str, config: Any, *parts: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+def source_signature(path: str | os.PathLike | None) -> str | None:
+    """A digest of a local folder's files (relative names, sizes, modification times).
+
+    None when ``path`` is not a local folder (unset, or a Hub id). Stat calls only: files
+    are not read, so a large image folder is fingerprinted in about a second.
+    """
+    if path is None or not os.path.isdir(path):
+        return None
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            info = os.stat(full)
+            digest.update(f"{os.path.relpath(full, path)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary name, then rename it: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def with_new_features(dataset: Dataset, new_features: Mapping) -> Features:
     features = dataset.features.copy()
     features.update(new_features)

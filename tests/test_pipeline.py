@@ -70,10 +70,14 @@ def test_the_method_repairs_the_shortcut(finished):
 
 
 def test_rerun_reuses_every_stage(finished):
-    out, _ = finished
+    out, first = finished
+    grid_written = (out / "grid.png").stat().st_mtime_ns
     report = _run(out)
-    assert {"scores", "selection", "masks", "generation", "pruning", "augmented", "erm", "retrained"} <= set(
-        report["reused_stages"])
+    assert {"data", "scores", "selection", "masks", "generation", "pruning", "augmented", "erm", "retrained",
+            "evaluation"} <= set(report["reused_stages"])
+    assert (out / "grid.png").stat().st_mtime_ns == grid_written  # the pictures are not drawn again
+    for model in ("erm", "retrained"):
+        assert report[model] == first[model]
 
 
 def test_changed_threshold_recomputes_only_downstream(finished, tmp_path):
