@@ -17,6 +17,11 @@ two changes for a library:
 - Checkpoints hold only what training changes (the token vectors, LoRA weights and the
   optimizer state), not a copy of the 1.4 GB text encoder per checkpoint.
 
+On an inpainting UNet (9 input channels: SD 2 inpainting, the miniature prior) the token is
+learned on the model that will inpaint with it: the UNet sees ``[noisy latents, mask,
+masked-image latents]`` as in diffusers' inpainting training and in
+``StableDiffusionInpaintPipeline`` (see :func:`inpainting_mask`).
+
 The saved ``learned_embeds.safetensors`` is ``{token: tensor(num_vectors, dim)}``, the
 layout ``pipe.load_textual_inversion(path)`` reads; ``load_tokens`` loads it into any
 (inpainting) pipeline and checks that the token really took effect.
@@ -110,8 +115,17 @@ class TextualInversionConfig:
     )
     seed: int = field(default=0, metadata={"help": "Seed of data order, augmentation, noise and timesteps."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    full_mask_probability: float = field(
+        default=0.25,
+        metadata={
+            "help": "Inpainting UNets (9 input channels) only: chance that a training sample masks the whole "
+            "image (else a random box); 0.25 as in Stable Diffusion inpainting's own training."
+        },
+    )
 
     def __post_init__(self):
+        if not 0.0 <= self.full_mask_probability <= 1.0:
+            raise ValueError(f"full_mask_probability must be in [0, 1], got {self.full_mask_probability}")
         if "{class_name}" not in self.placeholder_token_template:
             raise ValueError(
                 f"placeholder_token_template must contain {{class_name}}, got {self.placeholder_token_template!r}"
@@ -198,7 +212,7 @@ def _as_pil_list(images) -> list[Image.Image]:
     return [image.convert("RGB") for image in images]
 
 
-_DATA_STREAM, _NOISE_STREAM, _ORDER_STREAM = 0, 1, 2
+_DATA_STREAM, _NOISE_STREAM, _ORDER_STREAM, _MASK_STREAM = 0, 1, 2, 3
 
 
 def _seed_for(seed: int, index: int, stream: int) -> int:
@@ -207,15 +221,40 @@ def _seed_for(seed: int, index: int, stream: int) -> int:
     return int(state[0]) << 31 | int(state[1]) >> 1
 
 
+def inpainting_mask(rng: np.random.Generator, resolution: int, full_probability: float) -> torch.Tensor:
+    """A training mask ``(1, resolution, resolution)``, 1 = repaint, for an inpainting UNet.
+
+    With ``full_probability`` the whole image: the UNet then sees no context and the token
+    alone must carry the class's appearance, as in text-to-image textual inversion (Stable
+    Diffusion's inpainting models were trained with 25 % fully masked samples). Otherwise
+    one box with sides uniform between a quarter of the image and all of it, anywhere: the
+    kind of region (``region="box"``/``"square_box"`` masks) the generator repaints, at
+    every scale, so the token also learns to fill a region consistently with its context.
+    """
+    mask = torch.zeros(1, resolution, resolution)
+    if rng.random() < full_probability:
+        mask[:] = 1.0
+        return mask
+    low = max(1, resolution // 4)
+    height, width = (int(v) for v in rng.integers(low, resolution + 1, size=2))
+    top, left = int(rng.integers(0, resolution - height + 1)), int(rng.integers(0, resolution - width + 1))
+    mask[:, top : top + height, left : left + width] = 1.0
+    return mask
+
+
 class CausalTokenDataset(torch.utils.data.Dataset):
     """One long pass over the images: item ``i`` is global training sample ``start + i``.
 
     Sample ``g`` shows image ``perm_e[g % n]`` (a fresh permutation for every pass
     ``e = g // n``), with a template and a horizontal flip drawn from a generator seeded
     by ``(seed, g)``, so any sample can be reproduced without replaying the ones before it.
+    With ``full_mask_probability`` set (inpainting UNets) each sample also gets an
+    :func:`inpainting_mask` drawn from its own stream of ``(seed, g)``.
     """
 
-    def __init__(self, images, tokenizer, prompts: Sequence[str], resolution: int, seed: int, start: int, length: int):
+    def __init__(self, images, tokenizer, prompts: Sequence[str], resolution: int, seed: int, start: int, length: int,
+                 full_mask_probability: float | None = None):
+        self.full_mask_probability = full_mask_probability
         self.images = images
         self.tokenizer = tokenizer
         self.prompts = list(prompts)
@@ -249,7 +288,11 @@ class CausalTokenDataset(torch.utils.data.Dataset):
             prompt, padding="max_length", truncation=True, max_length=self.tokenizer.model_max_length,
             return_tensors="pt",
         ).input_ids[0]
-        return {"pixel_values": pixels, "input_ids": input_ids, "sample_index": sample}
+        item = {"pixel_values": pixels, "input_ids": input_ids, "sample_index": sample}
+        if self.full_mask_probability is not None:
+            mask_rng = np.random.default_rng(_seed_for(self.seed, sample, _MASK_STREAM))
+            item["mask"] = inpainting_mask(mask_rng, self.resolution, self.full_mask_probability)
+        return item
 
 
 # ----------------------------------------------------------------------------- models
@@ -408,13 +451,23 @@ def _resume_key(config: TextualInversionConfig, token: str, prompt_name: str, le
 
 
 def _diffusion_loss(batch, *, vae, unet, text_encoder, noise_scheduler, weight_dtype, seed) -> torch.Tensor:
-    """Eq. 1 on one micro-batch: MSE between the UNet's prediction and the scheduler's target."""
+    """Eq. 1 on one micro-batch: MSE between the UNet's prediction and the scheduler's target.
+
+    An inpainting UNet also gets the batch's masks and masked-image latents, prepared as
+    ``StableDiffusionInpaintPipeline`` does (image zeroed where the mask is >= 0.5, encoded
+    by the VAE with a sampled latent; mask resized to the latents by nearest neighbour).
+    """
     from diffusers.utils.torch_utils import randn_tensor
 
     generators = [torch.Generator().manual_seed(_seed_for(seed, int(i), _NOISE_STREAM)) for i in batch["sample_index"]]
     pixels = batch["pixel_values"].to(dtype=weight_dtype)
     with torch.no_grad():
         latents = vae.encode(pixels).latent_dist.sample(generator=generators)
+        if "mask" in batch:
+            mask = batch["mask"].to(dtype=weight_dtype)
+            masked_latents = vae.encode(pixels * (mask < 0.5)).latent_dist.sample(generator=generators)
+            masked_latents = masked_latents * vae.config.scaling_factor
+            mask = F.interpolate(mask, size=latents.shape[-2:])
     latents = latents * vae.config.scaling_factor
     noise = randn_tensor(latents.shape, generator=generators, device=latents.device, dtype=latents.dtype)
     timesteps = torch.cat(
@@ -422,7 +475,8 @@ def _diffusion_loss(batch, *, vae, unet, text_encoder, noise_scheduler, weight_d
     ).to(latents.device)
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
     encoder_hidden_states = text_encoder(batch["input_ids"])[0].to(dtype=weight_dtype)
-    prediction = unet(noisy_latents, timesteps, encoder_hidden_states).sample
+    unet_input = torch.cat([noisy_latents, mask, masked_latents], dim=1) if "mask" in batch else noisy_latents
+    prediction = unet(unet_input, timesteps, encoder_hidden_states).sample
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
         target = noise
@@ -480,6 +534,14 @@ def train_token(
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     models = load_components(config, frozen_dtype=weight_dtype)
     tokenizer, text_encoder, vae, unet = (models[k] for k in ("tokenizer", "text_encoder", "vae", "unet"))
+    in_channels = unet.config.in_channels
+    latent_channels = vae.config.latent_channels
+    if in_channels not in (latent_channels, 2 * latent_channels + 1):
+        raise ValueError(
+            f"{config.model_id}: a UNet with {in_channels} input channels is neither a text-to-image UNet "
+            f"({latent_channels}) nor an inpainting UNet ({2 * latent_channels + 1})"
+        )
+    inpainting = in_channels != latent_channels
     token = placeholder_token(class_name, config)
     token_ids = add_placeholder_tokens(tokenizer, text_encoder, token, config.num_vectors, config.initializer_token)
 
@@ -532,6 +594,7 @@ def train_token(
         images, tokenizer, prompts, config.resolution, config.seed,
         start=global_step * samples_per_step,
         length=max(config.max_train_steps - global_step, 0) * samples_per_step,
+        full_mask_probability=config.full_mask_probability if inpainting else None,
     )
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=config.train_batch_size, shuffle=False, num_workers=config.dataloader_num_workers

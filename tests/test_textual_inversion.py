@@ -265,3 +265,69 @@ def test_bf16_mixed_precision_trains_the_fp32_token(models, toy, tmp_path):
     assert result.global_step == 1
     assert result.text_encoder.get_input_embeddings().weight.dtype == torch.float32
     assert load_tokens(inpaint_pipe(models), result.path) == [result.token]
+
+
+def test_inpainting_masks_are_full_or_boxes_inside_the_image():
+    from dbb_hf.textual_inversion import inpainting_mask
+
+    rng = np.random.default_rng(0)
+    masks = [inpainting_mask(rng, 32, 0.25) for _ in range(400)]
+    full = sum(bool(m.all()) for m in masks)
+    assert 60 <= full <= 140  # ~25 % of 400
+    for m in masks:
+        assert m.shape == (1, 32, 32) and set(m.unique().tolist()) <= {0.0, 1.0}
+        rows, cols = m[0].any(1).nonzero(), m[0].any(0).nonzero()
+        height, width = len(rows), len(cols)
+        assert height >= 8 and width >= 8 and m.sum() == height * width  # one box, sides >= a quarter
+    # Without full masks, a box covers everything only when both sides are drawn at 32 (1 in 625).
+    assert sum(bool(inpainting_mask(rng, 32, 0.0).all()) for _ in range(100)) <= 2
+    assert all(bool(inpainting_mask(rng, 32, 1.0).all()) for _ in range(10))
+
+
+def test_inpainting_unet_sees_noisy_latents_mask_and_masked_image(models, toy):
+    from dbb_hf.textual_inversion import CausalTokenDataset, _diffusion_loss, load_components
+
+    config = tiny_config(models, model_id=models["inpaint"])
+    parts = load_components(config)
+    dataset = CausalTokenDataset(
+        [toy[0][0]["image"].convert("RGB")] * 2, parts["tokenizer"], ["a bar"], 32, seed=0, start=0, length=2,
+        full_mask_probability=0.0,
+    )
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    seen = {}
+    unet = parts["unet"]
+    forward = unet.forward
+
+    def recording(sample, *args, **kwargs):
+        seen["sample"] = sample
+        return forward(sample, *args, **kwargs)
+
+    unet.forward = recording
+    kwargs = dict(vae=parts["vae"], unet=unet, text_encoder=parts["text_encoder"],
+                  noise_scheduler=parts["noise_scheduler"], weight_dtype=torch.float32, seed=0)
+    loss = _diffusion_loss(batch, **kwargs)
+    sample = seen["sample"]
+    assert sample.shape == (2, 9, 16, 16)  # 2x VAE: 32 px -> 16x16 latents
+    expected_mask = torch.nn.functional.interpolate(batch["mask"], size=(16, 16))
+    assert torch.equal(sample[:, 4:5], expected_mask) and 0 < expected_mask.mean() < 1
+    # The masked image is what the UNet sees: hiding everything changes its input and the loss.
+    full = dict(batch, mask=torch.ones_like(batch["mask"]))
+    assert not torch.allclose(_diffusion_loss(full, **kwargs), loss)
+    assert not torch.equal(seen["sample"][:, 5:], sample[:, 5:])
+    assert torch.equal(_diffusion_loss(batch, **kwargs), loss)  # seeded per sample: repeatable
+
+
+def test_token_on_an_inpainting_unet_trains_resumes_exactly_and_loads(models, toy, tmp_path):
+    config = tiny_config(models, model_id=models["inpaint"], max_train_steps=3, checkpointing_steps=2)
+    full = train_token(toy[1], "vertical_bar", config, tmp_path / "full")
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(tmp_path / "full", interrupted)
+    os.remove(interrupted / EMBEDS_NAME)
+    resumed = train_token(toy[1], "vertical_bar", config, interrupted)
+    assert (resumed.start_step, resumed.global_step) == (2, 3)
+    vectors = read_embeds(full.path)[0]
+    torch.testing.assert_close(read_embeds(resumed.path)[0], vectors, rtol=1e-5, atol=1e-6)
+    # A fresh run gives the same token (deterministic), and the token was trained.
+    again = train_token(toy[1], "vertical_bar", config, tmp_path / "again")
+    assert torch.equal(read_embeds(again.path)[0][full.token], vectors[full.token])
+    assert load_tokens(inpaint_pipe(models), full.path) == [full.token]
