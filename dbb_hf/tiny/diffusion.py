@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Sequence
 
 import torch
 from diffusers import (
@@ -45,24 +46,26 @@ def _word_merges(word: str) -> list[tuple[str, str]]:
     return merges
 
 
-def build_clip_tokenizer(save_dir: str | os.PathLike) -> CLIPTokenizer:
+def build_clip_tokenizer(
+    save_dir: str | os.PathLike, words: Sequence[str] = COMMON_WORDS, model_max_length: int = 77
+) -> CLIPTokenizer:
     """Write a tiny CLIP BPE tokenizer to ``save_dir`` and load it back from there.
 
     Its vocabulary holds the 256 byte-level characters and their end-of-word forms, so any
-    text tokenizes (unknown words fall back to characters), the merged common words and
-    the two special tokens (last, as in CLIP's own vocabulary).
+    text tokenizes (unknown words fall back to characters), the merged ``words`` (each a
+    single token) and the two special tokens (last, as in CLIP's own vocabulary).
     """
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = alphabet + [c + END_OF_WORD for c in alphabet]
     merges: list[tuple[str, str]] = []
-    for word in COMMON_WORDS:
+    for word in words:
         for left, right in _word_merges(word):
             if left + right not in tokens:
                 merges.append((left, right))
                 tokens.append(left + right)
     tokens += [BOS_TOKEN, EOS_TOKEN]
     vocab = {token: index for index, token in enumerate(tokens)}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
     tokenizer.save_pretrained(save_dir)
     return CLIPTokenizer.from_pretrained(save_dir)
 
