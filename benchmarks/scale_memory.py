@@ -156,8 +156,7 @@ def setup_stage(stage: str, root: Path, args):
     torch.manual_seed(args.seed)
     model = create_classifier(ClassifierConfig(model_name="resnet10t", pretrained=False, image_size=32), 2).eval()
     config = PruningConfig(n_steps=8)
-    # score_edits shards with run_resumable's own default shard size.
-    return lambda: score_edits(data, model, config, Psi=[0.5, 0.5], output_dir=output_dir)
+    return lambda: score_edits(data, model, config, Psi=[0.5, 0.5], **sharding)
 
 
 def child(args) -> None:

@@ -201,7 +201,8 @@ class Pipeline:
         pruned = self._cached(
             "pruning", fp_prune,
             lambda d: apply_thresholds(
-                score_edits(generated, model, cfg["pruning"], Psi=Psi, output_dir=d, model_fingerprint=fp_erm, **self._sharding()),
+                score_edits(generated, model, cfg["pruning"], Psi=Psi, output_dir=d, shard_size=self.run.shard_size,
+                            model_fingerprint=fp_erm, **self._sharding()),
                 cfg["pruning"].P, Psi=Psi, psi_rule=cfg["pruning"].psi_rule,
             ),
         )

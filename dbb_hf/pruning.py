@@ -418,6 +418,7 @@ def score_edits(
     Psi: Sequence[float],
     cache_dir: Optional[str | os.PathLike] = None,
     output_dir: Optional[str | os.PathLike] = None,
+    shard_size: int = 256,
     process_index: int = 0,
     num_processes: int = 1,
     wait_for_everyone: Optional[Callable[[], None]] = None,
@@ -427,7 +428,7 @@ def score_edits(
 
     ``Psi`` comes from :func:`class_confidence` on the training split. With
     ``output_dir`` the stage runs resumably in shards (several processes share the
-    shards); otherwise through ``datasets.map``, cached in ``cache_dir``. The cache key
+    shards of ``shard_size`` rows); otherwise through ``datasets.map``, cached in ``cache_dir``. The cache key
     holds the input, the scoring settings, Psi and the model (``model_fingerprint``,
     default: a digest of its weights), not P, so re-thresholding reuses the scores.
     """
@@ -452,6 +453,7 @@ def score_edits(
             dataset,
             score_batch,
             output_dir=output_dir,
+            shard_size=shard_size,
             process_index=process_index,
             num_processes=num_processes,
             wait_for_everyone=wait_for_everyone,

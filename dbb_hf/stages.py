@@ -157,7 +157,9 @@ def run_resumable(
     deterministic per row. Memory stays bounded by one shard.
     """
     fingerprint = stage_fingerprint(stage, config, dataset._fingerprint, *fingerprint_parts)
-    shards_dir = Path(output_dir) / "shards" / fingerprint
+    # Shard k's rows depend on the shard size: a rerun with another size must not pick up
+    # shards cut differently (rows would be lost or repeated).
+    shards_dir = Path(output_dir) / "shards" / f"{fingerprint}-{shard_size}"
     shards_dir.mkdir(parents=True, exist_ok=True)
     num_shards = max(1, math.ceil(len(dataset) / shard_size))
     mine = range(process_index, num_shards, num_processes)
