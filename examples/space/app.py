@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -34,7 +35,7 @@ from typing import Any, Optional, Sequence
 import gradio as gr
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import HfArgumentParser
 
 from dbb_hf.inpainting import InpaintingConfig, inpaint_batch, load_inpainting_pipeline
@@ -111,6 +112,14 @@ class SpaceConfig:
     ig_steps: int = field(default=PruningConfig.n_steps, metadata={"help": "Integrated-gradients steps."})
     seed: int = field(default=0, metadata={"help": "Base seed; an image's seed hashes it with the image's bytes."})
     max_image_side: int = field(default=768, metadata={"help": "Larger uploads are scaled down to this side first."})
+    max_upload_bytes: int = field(
+        default=10 * 1024 * 1024, metadata={"help": "Largest upload accepted, in bytes (default 10 MiB)."}
+    )
+    max_upload_pixels: int = field(
+        default=25_000_000,
+        metadata={"help": "Largest upload accepted, in pixels (width x height), read from the header before decoding."},
+    )
+    max_upload_side: int = field(default=8192, metadata={"help": "Longest side of an upload accepted, in pixels."})
     examples_dir: str = field(default="", metadata={"help": "A folder of example images shown under the input."})
     device: Optional[str] = field(default=None, metadata={"help": "Torch device (default: cuda if available)."})
     server_name: Optional[str] = field(
@@ -133,6 +142,9 @@ class SpaceConfig:
             )
         if self.max_image_side < 16:
             raise ValueError(f"max_image_side must be at least 16, got {self.max_image_side}")
+        for name in ("max_upload_bytes", "max_upload_pixels", "max_upload_side"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         # The stage configs validate their own fields: fail at start, not on the first click.
         self.masking_config(), self.inpainting_config(), self.pruning_config()
 
@@ -434,6 +446,73 @@ def run_edit(
     return EditResult(**result, keep=reason == "", reason=reason)
 
 
+# ----------------------------------------------------------------------------- uploads
+
+
+def _file_size(size: int) -> str:
+    return f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 2**10:.0f} KB"
+
+
+def open_upload(path: str | os.PathLike, config: SpaceConfig) -> Image.Image:
+    """An uploaded file as a decoded image, or a ``gr.Error`` that says what is wrong with it.
+
+    The size in bytes and the dimensions (read from the header: nothing is decoded yet)
+    are checked against the config's limits first, so neither a huge file nor a
+    decompression bomb (a small file that decodes to billions of pixels) is ever decoded.
+    The messages never repeat the file's name: gradio renders them as HTML.
+    """
+    size = os.path.getsize(path)
+    if size > config.max_upload_bytes:
+        raise gr.Error(
+            f"The upload is {_file_size(size)}; this Space accepts images up to {_file_size(config.max_upload_bytes)}."
+        )
+    too_large = (
+        f"this Space accepts images of at most {config.max_upload_pixels:,} pixels "
+        f"and {config.max_upload_side} pixels a side."
+    )
+    try:
+        with warnings.catch_warnings():
+            # The limits below decide; PIL still refuses outright what is twice its own limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError:
+        raise gr.Error(f"The upload has too many pixels; {too_large}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise gr.Error("The upload is not an image this Space can read: use a PNG, JPEG or WebP file.") from None
+    width, height = image.size
+    if width * height > config.max_upload_pixels or max(width, height) > config.max_upload_side:
+        raise gr.Error(f"The upload is {width} x {height} pixels; {too_large}")
+    try:
+        image.load()
+        return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise gr.Error(f"The upload is a damaged or truncated image that cannot be decoded ({error}).") from None
+
+
+class CheckedImage(gr.Image):
+    """``gr.Image`` whose uploads go through :func:`open_upload` instead of gradio's decoding.
+
+    The page gets a clear message for an oversize, non-image or damaged upload instead of
+    a bare "Error", and the limits hold for the page and its API alike.
+    """
+
+    is_template = True  # drawn by gr.Image's own frontend
+
+    def __init__(self, *args, config: SpaceConfig, **kwargs):
+        super().__init__(*args, type="pil", **kwargs)
+        self.space_config = config
+
+    def get_config(self, cls=None):
+        return super().get_config(cls or gr.Image)  # the frontend props are gr.Image's
+
+    def preprocess(self, payload) -> Optional[Image.Image]:
+        if payload is None:
+            return None
+        if payload.path is None:
+            raise gr.Error("Upload the image as a file.")
+        return open_upload(payload.path, self.space_config)
+
+
 # ----------------------------------------------------------------------------- the page
 
 
@@ -536,7 +615,7 @@ def build_demo(config: SpaceConfig, models: Optional[SpaceModels] = None) -> gr.
             gr.Markdown(TINY_NOTICE, elem_id="tiny-notice")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", sources=["upload"], label="Image", height=256, elem_id="input-image")
+                image = CheckedImage(config=config, sources=["upload"], label="Image", height=256, elem_id="input-image")
                 source = gr.Radio([PREDICTED, *names], value=PREDICTED, label="It shows", elem_id="source-class")
                 target = gr.Radio(names, value=None, label="Make it", elem_id="target-class")
                 button = gr.Button("Edit and score", variant="primary", elem_id="run-edit")
@@ -557,6 +636,8 @@ def build_demo(config: SpaceConfig, models: Optional[SpaceModels] = None) -> gr.
         rows = _example_rows(config.examples_dir, names)
         if rows:
             gr.Examples(rows, inputs=[image, source], label="Examples")
+        # Checking on upload shows a bad file's message at once, not at the first click.
+        image.upload(lambda _: None, inputs=image, outputs=None, show_progress="hidden")
         button.click(on_edit, inputs=[image, source, target], outputs=[*outputs, verdict])
     return demo
 
@@ -566,7 +647,8 @@ def main(args: Sequence[str] | None = None) -> None:
     if config.tiny:
         config = build_tiny(config)
     demo = build_demo(config)
-    demo.launch(server_name=config.server_name, server_port=config.server_port)
+    # gradio refuses larger files before they are stored; open_upload checks again.
+    demo.launch(server_name=config.server_name, server_port=config.server_port, max_file_size=config.max_upload_bytes)
 
 
 if __name__ == "__main__":
