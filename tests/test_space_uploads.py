@@ -110,8 +110,7 @@ def test_the_messages_never_echo_the_file_name(app, config, tmp_path):
 
 
 def test_the_input_component_checks_uploads(app, config, tmp_path):
-    component = app.CheckedImage(config=config, sources=["upload"], elem_id="input-image")
-    assert component.get_block_name() == "image"  # gradio's own Image frontend
+    component = app.checked_image(config, sources=["upload"], elem_id="input-image")
     props = component.get_config()
     assert props["sources"] == ["upload"] and props["elem_id"] == "input-image" and props["type"] == "pil"
     image = component.preprocess(ImageData(path=str(png(tmp_path / "ok.png")), orig_name="ok.png"))

@@ -489,28 +489,25 @@ def open_upload(path: str | os.PathLike, config: SpaceConfig) -> Image.Image:
         raise gr.Error(f"The upload is a damaged or truncated image that cannot be decoded ({error}).") from None
 
 
-class CheckedImage(gr.Image):
-    """``gr.Image`` whose uploads go through :func:`open_upload` instead of gradio's decoding.
+def checked_image(config: SpaceConfig, **kwargs) -> gr.Image:
+    """A ``gr.Image`` whose uploads go through :func:`open_upload` instead of gradio's decoding.
 
     The page gets a clear message for an oversize, non-image or damaged upload instead of
     a bare "Error", and the limits hold for the page and its API alike.
     """
+    component = gr.Image(type="pil", **kwargs)
 
-    is_template = True  # drawn by gr.Image's own frontend
-
-    def __init__(self, *args, config: SpaceConfig, **kwargs):
-        super().__init__(*args, type="pil", **kwargs)
-        self.space_config = config
-
-    def get_config(self, cls=None):
-        return super().get_config(cls or gr.Image)  # the frontend props are gr.Image's
-
-    def preprocess(self, payload) -> Optional[Image.Image]:
+    def preprocess(payload) -> Optional[Image.Image]:
         if payload is None:
             return None
         if payload.path is None:
             raise gr.Error("Upload the image as a file.")
-        return open_upload(payload.path, self.space_config)
+        return open_upload(payload.path, config)
+
+    # gradio calls the instance's preprocess; a gr.Image subclass would instead make gradio
+    # write a type stub (app.pyi) beside this file whenever it is imported.
+    component.preprocess = preprocess
+    return component
 
 
 # ----------------------------------------------------------------------------- the page
@@ -615,7 +612,7 @@ def build_demo(config: SpaceConfig, models: Optional[SpaceModels] = None) -> gr.
             gr.Markdown(TINY_NOTICE, elem_id="tiny-notice")
         with gr.Row():
             with gr.Column():
-                image = CheckedImage(config=config, sources=["upload"], label="Image", height=256, elem_id="input-image")
+                image = checked_image(config, sources=["upload"], label="Image", height=256, elem_id="input-image")
                 source = gr.Radio([PREDICTED, *names], value=PREDICTED, label="It shows", elem_id="source-class")
                 target = gr.Radio(names, value=None, label="Make it", elem_id="target-class")
                 button = gr.Button("Edit and score", variant="primary", elem_id="run-edit")
