@@ -345,11 +345,32 @@ def run_main(argv: list[str]) -> int:
     return 0
 
 
-@command("demo", "The whole method offline on the embedded toy benchmark.")
-def demo_main(argv: list[str]) -> int:
-    from .config import load_yaml
+def _pop_flag(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """Pull ``flag VALUE`` out of argv: (VALUE or None, the other arguments)."""
+    if flag not in argv:
+        return None, argv
+    i = argv.index(flag)
+    if i + 1 >= len(argv):
+        raise SystemExit(f"{flag} needs a value")
+    return argv[i + 1], argv[:i] + argv[i + 2 :]
 
-    report = run_pipeline(argv, defaults=load_yaml(os.path.join(PRESETS_DIR, "demo.yaml")))
+
+@command(
+    "demo",
+    "The whole method offline on the embedded toy benchmark; --generator diffusion (textual inversion + "
+    "inpainting with the miniature prior shipped in the package) or compose (paste donor objects).",
+)
+def demo_main(argv: list[str]) -> int:
+    from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS, demo_preset
+
+    generator, argv = _pop_flag(argv, "--generator")
+    generator = generator or DEFAULT_DEMO_GENERATOR
+    if generator not in DEMO_GENERATORS:
+        raise SystemExit(f"demo: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")
+    if "-h" in argv or "--help" in argv:
+        print(f"--generator {{{','.join(sorted(DEMO_GENERATORS))}}}: how edits are made "
+              f"(default: {DEFAULT_DEMO_GENERATOR}); the flags below override the preset's values.\n")
+    report = run_pipeline(argv, defaults=demo_preset(generator))
     if report is not None:
         erm, retrained = report["erm"], report["retrained"]
         print(

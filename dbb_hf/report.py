@@ -34,6 +34,29 @@ def direction_counts(pruned: Dataset) -> dict:
     return dict(counts)
 
 
+# prune_reason values of the two rules (pruning.prune_reason), as named in the report.
+RULES = {"psi>=Psi": "psi_rule_only", "rho<=P": "rho_rule_only", "psi>=Psi;rho<=P": "both_rules"}
+
+
+def pruning_counts(pruned: Dataset) -> dict:
+    """Per direction: edits kept, edits pruned by each rule, and rows with another reason.
+
+    ``psi_rule_only`` (the edit still looks like its source class: psi >= Psi),
+    ``rho_rule_only`` (the edited region does not move the classifier towards the target:
+    rho <= P), ``both_rules``; any other ``prune_reason`` (``not_generated``, ...) under
+    its own name. ``kept`` plus the rest is ``selected``: every row is accounted for.
+    """
+    names = pruned.features["label"].names
+    counts = defaultdict(lambda: {"selected": 0, "kept": 0, **{name: 0 for name in RULES.values()}})
+    columns = pruned.select_columns(["label", "target_label", "keep", "prune_reason"]).to_dict()
+    for source, target, keep, reason in zip(*columns.values()):
+        row = counts[f"{names[source]}->{names[target]}"]
+        row["selected"] += 1
+        name = "kept" if keep else RULES.get(reason, reason or "unknown")
+        row[name] = row.get(name, 0) + 1
+    return dict(counts)
+
+
 def _summary(metrics: dict) -> dict:
     keys = ("worst_group_accuracy", "worst_group", "average_accuracy", "weighted_average_accuracy",
             "per_group_accuracy", "group_counts")
@@ -55,6 +78,7 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
         "gain_worst_group_accuracy": metrics["retrained"]["test"]["worst_group_accuracy"]
         - metrics["erm"]["test"]["worst_group_accuracy"],
         "counts": direction_counts(pruned) if pruned is not None else None,
+        "pruning": pruning_counts(pruned) if pruned is not None else None,
         "synthetic_rows": len(augmented["synthetic"]),
         "Psi": info.get("Psi"),
         "P": list(configs["pruning"].P) if isinstance(configs["pruning"].P, (list, tuple)) else configs["pruning"].P,
@@ -80,7 +104,13 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
             out / "grid.png", fingerprint,
             lambda: edit_grid(pruned, info["model"], configs["pruning"], num_grid_examples),
         )
-    write_text_atomic(out / "report.md", _markdown(report, metrics, has_grid))
+    has_pruned_grid = False
+    if pruned is not None and info.get("model") is not None:
+        has_pruned_grid = _cached_picture(
+            out / "pruned.png", fingerprint,
+            lambda: pruned_grid(pruned, info["model"], configs["pruning"], num_grid_examples),
+        )
+    write_text_atomic(out / "report.md", _markdown(report, metrics, has_grid, has_pruned_grid))
     return report
 
 
@@ -111,7 +141,7 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
-def _markdown(report: dict, metrics: dict, has_grid: bool) -> str:
+def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool = False) -> str:
     lines = [
         "# dbb_hf run report",
         "",
@@ -132,6 +162,8 @@ def _markdown(report: dict, metrics: dict, has_grid: bool) -> str:
             lines.append(f"| {direction} | {c['selected']} | {c['masked']} | {c['generated']} | {c['kept']} | {c['pruned']} |")
         lines.append("")
     lines += [f"Psi (per source class): {report['Psi']}; P (per target class): {report['P']}", ""]
+    if report.get("pruning"):
+        lines += _pruning_markdown(report["pruning"], has_pruned_grid)
     lines += ["## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["timings_seconds"].items()]
     if report["reused_stages"]:
@@ -142,14 +174,31 @@ def _markdown(report: dict, metrics: dict, has_grid: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pruning_markdown(pruning: dict, has_pruned_grid: bool) -> list[str]:
+    other = sorted({k for c in pruning.values() for k in c} - {"selected", "kept", *RULES.values()})
+    lines = [
+        "## Pruning", "",
+        "Each edit is kept only if the classifier no longer sees its source class (psi rule: pruned when "
+        "psi >= Psi) and its edited region pushes the classifier towards the target class (rho rule: "
+        "pruned when rho <= P).", "",
+        "| direction | selected | kept | psi rule only | rho rule only | both rules |"
+        + "".join(f" {name} |" for name in other),
+        "|---|---|---|---|---|---|" + "---|" * len(other),
+    ]
+    for direction, c in pruning.items():
+        lines.append(f"| {direction} | {c['selected']} | {c['kept']} | {c['psi_rule_only']} | {c['rho_rule_only']} "
+                     f"| {c['both_rules']} |" + "".join(f" {c.get(name, 0)} |" for name in other))
+    if has_pruned_grid:
+        lines += ["", "Pruned edits (source, mask, edit, integrated gradients, reason):", "", "![pruned](pruned.png)"]
+    return lines + [""]
+
+
 def _tile(image: Image.Image) -> Image.Image:
     return image.convert("RGB").resize((TILE, TILE), Image.NEAREST)
 
 
 def edit_grid(pruned: Dataset, model, pruning_config, num_examples: int) -> Image.Image | None:
     """Rows of source | mask | edit | IG heatmap | verdict, half kept and half pruned edits."""
-    from .pruning import explain_edit
-
     generated = [i for i, s in enumerate(pruned["generation_status"]) if s == "ok"]
     if not generated or num_examples < 1:
         return None
@@ -158,7 +207,27 @@ def edit_grid(pruned: Dataset, model, pruning_config, num_examples: int) -> Imag
     dropped = [i for i, k in zip(generated, keep) if not k]
     half = num_examples // 2
     rows = kept[: max(half, num_examples - len(dropped))] + dropped[: max(half, num_examples - len(kept))]
-    rows = rows[:num_examples]
+    return _draw_rows(pruned, rows[:num_examples], model, pruning_config)
+
+
+def pruned_grid(pruned: Dataset, model, pruning_config, num_examples: int) -> Image.Image | None:
+    """The grid's rows for pruned edits only, taking each reason in turn so every rule is shown."""
+    reasons = pruned.select_columns(["generation_status", "keep", "prune_reason"]).to_dict()
+    by_reason = defaultdict(list)
+    for i, (status, keep, reason) in enumerate(zip(*reasons.values())):
+        if status == "ok" and not keep:
+            by_reason[reason].append(i)
+    queues = [by_reason[r] for r in sorted(by_reason)]
+    rows = [queue[k] for k in range(max(map(len, queues), default=0)) for queue in queues if k < len(queue)]
+    if not rows or num_examples < 1:
+        return None
+    return _draw_rows(pruned, rows[:num_examples], model, pruning_config)
+
+
+def _draw_rows(pruned: Dataset, rows: list[int], model, pruning_config) -> Image.Image:
+    """One row per edit: source | mask | edit | IG heatmap | verdict."""
+    from .pruning import explain_edit
+
     names = pruned.features["label"].names
     mask_column = "generated_mask" if "generated_mask" in pruned.column_names else "mask"
     grid = Image.new("RGB", (TILE * 4 + 220, TILE * len(rows)), "white")

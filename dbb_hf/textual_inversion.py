@@ -310,7 +310,9 @@ def load_components(config: TextualInversionConfig, frozen_dtype: torch.dtype = 
     source = {"pretrained_model_name_or_path": config.model_id, "revision": config.revision}
     return {
         "tokenizer": CLIPTokenizer.from_pretrained(**source, subfolder="tokenizer"),
-        "text_encoder": CLIPTextModel.from_pretrained(**source, subfolder="text_encoder"),
+        # float32 even from a float16 checkpoint (transformers keeps the saved dtype): the
+        # token's embedding row is what trains.
+        "text_encoder": CLIPTextModel.from_pretrained(**source, subfolder="text_encoder", dtype=torch.float32),
         "vae": AutoencoderKL.from_pretrained(**source, subfolder="vae", torch_dtype=frozen_dtype),
         "unet": UNet2DConditionModel.from_pretrained(**source, subfolder="unet", torch_dtype=frozen_dtype),
         "noise_scheduler": DDPMScheduler.from_pretrained(**source, subfolder="scheduler"),
