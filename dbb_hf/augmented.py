@@ -22,6 +22,7 @@ from typing import Optional
 from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, load_dataset, load_from_disk
 
 from .data.common import DatasetFormatError
+from .hub_access import reaching
 
 REQUIRED_SPLITS = ("train", "synthetic")
 OPTIONAL_SPLITS = ("validation", "test")
@@ -157,5 +158,6 @@ def load_augmented(
     elif _looks_like_path(source):
         raise FileNotFoundError(f"dataset folder {source!r} not found")
     else:
-        dataset = load_dataset(source, revision=revision, cache_dir=cache_dir)
+        with reaching(source, revision, "augmented dataset"):
+            dataset = load_dataset(source, revision=revision, cache_dir=cache_dir)
     return check_augmented(unify_features(dataset), source)

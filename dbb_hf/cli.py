@@ -132,8 +132,9 @@ def _save_output(dataset, io: StageIO) -> None:
 
 
 def _prompts(dataset, io: StageIO) -> list[str]:
-    names = dataset.features["label"].names
-    return io.class_prompts or [n.replace("_", " ") for n in names]
+    from .preflight import resolve_class_prompts
+
+    return resolve_class_prompts(dataset.features["label"].names, io.class_prompts)
 
 
 @dataclass
@@ -231,8 +232,8 @@ def inpaint_main(argv: list[str]) -> int:
         if args.tokens_dir is None:
             raise SystemExit("inpaint: --tokens_dir is required with the diffusers backend")
         pipe = load_inpainting_pipeline(config, args.device)
-        loaded = load_tokens(pipe, args.tokens_dir)
-        tokens = _tokens_by_class(args.tokens_dir, loaded)
+        load_tokens(pipe, args.tokens_dir)
+        tokens = _tokens_by_class(args.tokens_dir, dataset.features["label"].names)
     else:
         donors = prepare_donors(dataset)
     result = run_inpainting(dataset, config, pipe=pipe, donors=donors, class_names=_prompts(dataset, io), tokens=tokens)
@@ -240,10 +241,25 @@ def inpaint_main(argv: list[str]) -> int:
     return 0
 
 
-def _tokens_by_class(tokens_dir: str, loaded: list[str]) -> list[str]:
-    with open(os.path.join(tokens_dir, "tokens.json")) as f:
-        info = json.load(f)
-    return [info[str(c)]["token"] for c in range(len(info))]
+def _tokens_by_class(tokens_dir: str, class_names: list[str]) -> list[str]:
+    """Each class's token: from ``tokens.json`` when present, else the class indices that
+    ``learn_tokens`` writes into its combined embeddings file."""
+    from .textual_inversion import read_embeds
+
+    index = os.path.join(tokens_dir, "tokens.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            by_class = {int(c): entry["token"] for c, entry in json.load(f).items()}
+    else:
+        _, info = read_embeds(tokens_dir)
+        by_class = {int(i["class_index"]): token for token, i in info.items() if "class_index" in i}
+    missing = [name for c, name in enumerate(class_names) if c not in by_class]
+    if missing:
+        raise SystemExit(
+            f"inpaint: --tokens_dir {tokens_dir} has no token for class(es) {missing}; it has tokens for class "
+            f"indices {sorted(by_class)} ({by_class}) and the dataset's classes are {class_names}"
+        )
+    return [by_class[c] for c in range(len(class_names))]
 
 
 @dataclass

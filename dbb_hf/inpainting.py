@@ -39,6 +39,7 @@ from PIL import Image, ImageFilter
 
 from .data.common import require_columns
 from .stages import apply_stage, run_resumable
+from .hub_access import reaching
 
 BACKENDS = ("diffusers", "compose")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -149,13 +150,14 @@ def load_inpainting_pipeline(config: InpaintingConfig, device: str | torch.devic
     from diffusers import StableDiffusionInpaintPipeline
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(
-        config.model_id,
-        revision=config.revision,
-        **_dtype_kwargs(resolve_dtype(config.torch_dtype, device)),
-        safety_checker=None,
-        requires_safety_checker=False,
-    )
+    with reaching(config.model_id, config.revision, "inpainting model"):
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(
+            config.model_id,
+            revision=config.revision,
+            **_dtype_kwargs(resolve_dtype(config.torch_dtype, device)),
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
     if config.scheduler is not None:
         pipe.scheduler = _scheduler_class(config.scheduler).from_config(pipe.scheduler.config)
     pipe = pipe.to(device)
@@ -405,7 +407,16 @@ def run_inpainting(
         if pipe is None:
             raise ValueError("the diffusers backend needs pipe= (see load_inpainting_pipeline)")
         if class_names is None or tokens is None or len(class_names) != len(tokens):
-            raise ValueError("the diffusers backend needs class_names= and tokens=, one per class")
+            raise ValueError(
+                f"the diffusers backend needs class_names= and tokens=, one per class; got class_names={class_names} "
+                f"and tokens={tokens}"
+            )
+        label = dataset.features["label"]
+        if getattr(label, "names", None) is not None and len(label.names) != len(tokens):
+            raise ValueError(
+                f"the dataset has {len(label.names)} classes {label.names} but {len(tokens)} tokens {list(tokens)} "
+                "were given: a token folder missing a class, or one learned for other classes?"
+            )
         function, fn_kwargs = inpaint_batch, {"pipe": pipe, "class_names": list(class_names), "tokens": list(tokens)}
         prompts = [class_prompt(config, class_names, tokens, t) for t in range(len(tokens))]
         parts = [config.model_id, config.revision, prompts, prompt_embedding_fingerprint(pipe, prompts)]

@@ -57,6 +57,8 @@ from transformers import (
 )
 
 from .stages import apply_stage, run_resumable
+from .checks import require_columns
+from .hub_access import reaching
 
 BACKENDS = ("grounded_sam", "column", "lang_sam")
 MASK_POLICIES = ("first", "union")
@@ -190,10 +192,13 @@ def load_masking_models(config: MaskingConfig, device: str | torch.device | None
 
     detector_source = {"pretrained_model_name_or_path": config.detector_id, "revision": config.detector_revision}
     segmenter_source = {"pretrained_model_name_or_path": config.segmenter_id, "revision": config.segmenter_revision}
-    detector_type = AutoConfig.from_pretrained(**detector_source).model_type
+    # An unreachable id fails here, on its config, with an error naming it.
+    with reaching(config.detector_id, config.detector_revision, "masking detector"):
+        detector_type = AutoConfig.from_pretrained(**detector_source).model_type
     if detector_type != "grounding-dino":
         raise ValueError(f"detector_id {config.detector_id!r} is a {detector_type!r} checkpoint, not grounding-dino")
-    segmenter_type = AutoConfig.from_pretrained(**segmenter_source).model_type
+    with reaching(config.segmenter_id, config.segmenter_revision, "masking segmenter"):
+        segmenter_type = AutoConfig.from_pretrained(**segmenter_source).model_type
     if segmenter_type not in SEGMENTER_CLASSES:
         raise ValueError(
             f"segmenter_id {config.segmenter_id!r} is a {segmenter_type!r} checkpoint; "
@@ -449,11 +454,7 @@ def mask_batch(
 
 def _check_dataset(dataset: Dataset, config: MaskingConfig, class_names: Sequence[str] | None) -> list[str]:
     needed = ["image", config.mask_column] if config.backend == "column" else ["image", "label"]
-    missing = [c for c in needed if c not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"masking (backend {config.backend!r}) needs column(s) {missing}; the dataset has {dataset.column_names}"
-        )
+    require_columns(dataset, needed, f"masking (backend {config.backend!r})")
     # A stage adds columns and never rewrites its input; copying `mask` onto itself unchanged is the one exception.
     clashes = [c for c in MASK_FEATURES if c in dataset.column_names]
     if config.backend == "column" and config.mask_column == "mask" and config.dilation == 0 and config.region == "mask":

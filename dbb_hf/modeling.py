@@ -19,6 +19,8 @@ import torch
 from timm.data import create_transform, resolve_data_config
 from torchvision.transforms import v2 as T
 
+from .hub_access import reaching
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -49,9 +51,10 @@ class ClassifierConfig:
 
 def create_classifier(config: ClassifierConfig, num_classes: int) -> torch.nn.Module:
     """A timm model with a fresh ``num_classes`` head, its data config set to ``image_size``."""
-    model = timm.create_model(
-        config.model_name, pretrained=config.pretrained, num_classes=num_classes, drop_rate=config.drop_rate
-    )
+    with reaching(config.model_name, None, "classifier (pretrained weights; --classifier_pretrained false trains from scratch)"):
+        model = timm.create_model(
+            config.model_name, pretrained=config.pretrained, num_classes=num_classes, drop_rate=config.drop_rate
+        )
     # The data config (resolved from pretrained_cfg) drives preprocessing everywhere, so
     # overrides are written there once and saved with the model.
     overrides = {}
@@ -116,8 +119,31 @@ def load_classifier(name_or_path: str, device: str | torch.device = "cpu") -> to
         name_or_path = f"local-dir:{name_or_path}"
     elif not name_or_path.startswith(("hf-hub:", "local-dir:")):
         raise FileNotFoundError(f"classifier folder {name_or_path!r} not found (use hf-hub:<id> for the Hub)")
-    model = timm.create_model(name_or_path, pretrained=True)
+    with reaching(name_or_path, None, "classifier"):
+        model = timm.create_model(name_or_path, pretrained=True)
     return model.to(device).eval()
+
+
+def saved_label_names(name_or_path: str) -> list[str] | None:
+    """The ``label_names`` of a saved classifier (folder or ``hf-hub:<id>``), read from its config only.
+
+    Lets a run compare the classifier's classes with the dataset's before loading weights.
+    """
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{name_or_path!r} has no {CONFIG_NAME}: not a saved classifier folder")
+    elif name_or_path.startswith("hf-hub:"):
+        from huggingface_hub import hf_hub_download
+
+        repo_id = name_or_path[len("hf-hub:"):]
+        with reaching(repo_id, None, "classifier"):
+            path = hf_hub_download(repo_id, CONFIG_NAME)
+    else:
+        raise FileNotFoundError(f"classifier folder {name_or_path!r} not found (use hf-hub:<id> for the Hub)")
+    with open(path) as f:
+        names = json.load(f).get("label_names")
+    return None if names is None else list(names)
 
 
 def label_names(model: torch.nn.Module) -> list[str]:

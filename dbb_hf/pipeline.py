@@ -27,6 +27,7 @@ from .config import DataConfig, to_yaml
 from .inpainting import InpaintingConfig, load_inpainting_pipeline, prepare_donors, run_inpainting
 from .masking import MaskingConfig, load_masking_models, run_masking
 from .modeling import ClassifierConfig, load_classifier
+from .preflight import preflight, resolve_class_prompts
 from .pruning import PruningConfig, apply_thresholds, class_confidence, score_edits
 from .selection import SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
 from .stages import load_stage_output, save_stage_output, source_signature, stage_fingerprint, write_text_atomic
@@ -127,11 +128,7 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
 
     def class_prompts(self, dataset: DatasetDict) -> list[str]:
-        names = dataset["train"].features["label"].names
-        prompts = self.run.class_prompts or [n.replace("_", " ") for n in names]
-        if len(prompts) != len(names):
-            raise ValueError(f"class_prompts needs one entry per class {names}, got {prompts}")
-        return list(prompts)
+        return resolve_class_prompts(dataset["train"].features["label"].names, self.run.class_prompts)
 
     def load_data(self) -> tuple[DatasetDict, str]:
         """The benchmark, kept as a stage when its source is the toy or a local folder.
@@ -262,13 +259,13 @@ class Pipeline:
                 to_yaml({"data": self.data, "run": self.run, **self.configs, "dbb_hf_version": __version__})
             )
         dataset, fp_data = self.load_data()
+        # Bad input fails here, in seconds, not after ERM or generation.
+        given_augmented = preflight(self, dataset)
         erm_dir, fp_erm = self.train_erm(dataset, fp_data)
 
         info = {}
         if self.run.augmented_dataset:
-            from .augmented import load_augmented
-
-            augmented = load_augmented(self.run.augmented_dataset)
+            augmented = given_augmented
             fp_aug = stage_fingerprint("augmented-given", self.run.augmented_dataset)
             pruned = None
         else:

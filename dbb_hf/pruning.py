@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -50,12 +51,16 @@ from PIL import Image
 from torchvision import transforms
 from tqdm.auto import tqdm
 
+from .checks import check_label_values, require_columns
+from .data.common import DatasetFormatError
 from .modeling import data_config, geometric_transform
 from .stages import apply_stage, run_resumable, stage_fingerprint, with_new_features
 
 IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 IG_TARGETS = ("target", "source")
 NOT_GENERATED = "not_generated"
+NONFINITE_SCORE = "nonfinite_score"
+GENERATED_OK = "ok"  # the inpainting stage's generation_status of an edited row
 
 SCORE_FEATURES = {
     "psi": Value("float32"),
@@ -168,12 +173,22 @@ def _require_eval(model: torch.nn.Module) -> None:
 
 
 def _mean_own_class_probability(own: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> list[float]:
+    finite = np.isfinite(own)
+    if not finite.all():
+        # Images the classifier cannot score (NaN logits) are left out of the means.
+        warnings.warn(
+            f"Psi (Eq. 3): {int((~finite).sum())} training row(s) have NaN or infinite erm_probs and are left out "
+            f"(per class: {np.bincount(labels[~finite], minlength=len(names)).tolist()})",
+            stacklevel=3,
+        )
     Psi = []
     for i, name in enumerate(names):
         rows = labels == i
         if not rows.any():
             raise ValueError(f"class {i} ({name!r}) has no training rows, so its Psi (Eq. 3) is undefined")
-        Psi.append(float(own[rows].mean()))
+        if not (rows & finite).any():
+            raise ValueError(f"class {i} ({name!r}) has no training row with finite erm_probs, so its Psi is undefined")
+        Psi.append(float(own[rows & finite].mean()))
     return Psi
 
 
@@ -190,12 +205,10 @@ def class_confidence(scored_train: Dataset) -> list[float]:
     Reads the ``erm_probs`` column that ERM scoring adds; without it, use
     :func:`compute_class_confidence`.
     """
-    missing = [c for c in ("erm_probs", "label") if c not in scored_train.column_names]
-    if missing:
-        raise ValueError(
-            f"class_confidence needs column(s) {missing} (from ERM scoring); the dataset has "
-            f"{scored_train.column_names}. Use compute_class_confidence(model, dataset) instead."
-        )
+    require_columns(scored_train, ["erm_probs", "label"], "class_confidence",
+                    hint=" (erm_probs comes from ERM scoring; or use compute_class_confidence(model, dataset))")
+    if isinstance(scored_train.features["label"], ClassLabel):
+        check_label_values(scored_train, "label", what="class_confidence (Psi)")
     table = scored_train.select_columns(["erm_probs", "label"]).with_format("numpy")[:]
     probs = np.stack(list(table["erm_probs"])) if table["erm_probs"].dtype == object else table["erm_probs"]
     labels = np.asarray(table["label"])
@@ -341,7 +354,7 @@ def _mask_column(columns) -> str:
     for name in ("generated_mask", "mask"):
         if name in columns:
             return name
-    raise ValueError(f"pruning needs a 'generated_mask' or 'mask' column; the data has {sorted(columns)}")
+    raise DatasetFormatError(f"pruning needs a 'generated_mask' or 'mask' column; the data has {sorted(columns)}")
 
 
 def score_batch(
@@ -432,11 +445,14 @@ def score_edits(
     holds the input, the scoring settings, Psi and the model (``model_fingerprint``,
     default: a digest of its weights), not P, so re-thresholding reuses the scores.
     """
-    required = ["image", "label", "target_label", "generated"]
-    missing = [c for c in required if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"pruning needs column(s) {missing}; the dataset has {dataset.column_names}")
+    require_columns(dataset, ["image", "label", "target_label", "generated"], "pruning")
     _mask_column(dataset.column_names)
+    for column in ("label", "target_label"):
+        if isinstance(dataset.features[column], ClassLabel):
+            check_label_values(dataset, column, what="pruning")
+    if len(dataset) and max(dataset.unique("label")) >= len(Psi):
+        raise ValueError(f"Psi has {len(Psi)} class confidences but the edits' source labels go up to "
+                         f"{max(dataset.unique('label'))}")
     _require_eval(model)
     model = model.to(resolve_device(config.device))
     Psi = [float(p) for p in Psi]
@@ -465,10 +481,20 @@ def score_edits(
 # ---------------------------------------------------------------- thresholds
 
 
-def prune_reason(psi: float, rho: float, Psi_source: float, P_target: float, psi_rule: bool = True) -> str:
-    """Why an edit is pruned ("" when kept): keep iff psi < Psi_source and rho > P_target."""
-    if math.isnan(psi) or math.isnan(rho):
+def prune_reason(
+    psi: float, rho: float, Psi_source: float, P_target: float, psi_rule: bool = True,
+    generated: Optional[bool] = None,
+) -> str:
+    """Why an edit is pruned ("" when kept): keep iff psi < Psi_source and rho > P_target.
+
+    NaN scores mean "no edit" (:func:`score_batch` gives them to rows without one) unless
+    ``generated`` says the row was edited: then, like an infinite score, they mean the
+    classifier could not score the edit (``"nonfinite_score"``), which is never kept.
+    """
+    if (math.isnan(psi) or math.isnan(rho)) and not generated:
         return NOT_GENERATED
+    if not (math.isfinite(psi) and math.isfinite(rho)):
+        return NONFINITE_SCORE
     reasons = []
     if psi_rule and not psi < Psi_source:
         reasons.append("psi>=Psi")
@@ -477,10 +503,13 @@ def prune_reason(psi: float, rho: float, Psi_source: float, P_target: float, psi
     return ";".join(reasons)
 
 
-def _verdict_batch(psi, rho, source_column, target, *, P, Psi, psi_rule):
+def _verdict_batch(psi, rho, source_column, target, status=None, *, P, Psi, psi_rule):
     # source_column holds Psi of the source class, or the source label when Psi is given.
     Psi_source = source_column if Psi is None else [Psi[y] for y in source_column]
-    reasons = [prune_reason(*row, P[t], psi_rule) for *row, t in zip(psi, rho, Psi_source, target)]
+    generated = [None] * len(psi) if status is None else [s == GENERATED_OK for s in status]
+    reasons = [
+        prune_reason(*row, P[t], psi_rule, edited) for *row, t, edited in zip(psi, rho, Psi_source, target, generated)
+    ]
     return {"keep": [r == "" for r in reasons], "prune_reason": reasons}
 
 
@@ -501,15 +530,13 @@ def apply_thresholds(
 
     ``P`` holds one threshold per target class (or one for all). ``Psi`` (per source
     class) defaults to the ``psi_threshold`` column saved with the scores. Reasons:
-    "" (kept), "psi>=Psi", "rho<=P", "psi>=Psi;rho<=P", "not_generated" (no scores).
+    "" (kept), "psi>=Psi", "rho<=P", "psi>=Psi;rho<=P", "not_generated" (no edit),
+    "nonfinite_score" (an edit whose psi or rho is NaN or infinite; rows with
+    ``generation_status`` "ok" count as edited).
     Existing ``keep`` / ``prune_reason`` columns are replaced.
     """
     needed = ["psi", "rho", "target_label", "label" if Psi is not None else "psi_threshold"]
-    missing = [c for c in needed if c not in scored.column_names]
-    if missing:
-        raise ValueError(
-            f"apply_thresholds needs column(s) {missing} (run score_edits first); has {scored.column_names}"
-        )
+    require_columns(scored, needed, "apply_thresholds", hint=" (run score_edits first)")
     num_classes = _num_classes(scored, Psi)
     P = thresholds_per_class(P, num_classes)
     if Psi is not None:
@@ -520,7 +547,8 @@ def apply_thresholds(
     return scored.map(
         _verdict_batch,
         batched=True,
-        input_columns=["psi", "rho", "psi_threshold" if Psi is None else "label", "target_label"],
+        input_columns=["psi", "rho", "psi_threshold" if Psi is None else "label", "target_label"]
+        + (["generation_status"] if "generation_status" in scored.column_names else []),
         fn_kwargs={"P": P, "Psi": Psi, "psi_rule": psi_rule},
         features=with_new_features(scored, VERDICT_FEATURES),
         new_fingerprint=stage_fingerprint(

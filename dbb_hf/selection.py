@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from datasets import ClassLabel, Dataset, Features, Value
 from datasets import Sequence as SequenceFeature
 
+from .checks import check_label_values, require_columns
 from .data.common import group_names
 from .modeling import data_config, eval_transform
 from .stages import apply_stage
@@ -144,9 +145,7 @@ def score_batch(batch: dict, *, model: torch.nn.Module, transform, device) -> di
 
 
 def _require_columns(dataset: Dataset, columns: Sequence[str], what: str, hint: str = "") -> None:
-    missing = [c for c in columns if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"{what} needs column(s) {missing}; the dataset has {dataset.column_names}{hint}")
+    require_columns(dataset, columns, what, hint=hint)
 
 
 def _check_classifier_matches(model: torch.nn.Module, features: Features) -> None:
@@ -180,6 +179,7 @@ def score_dataset(
     _require_columns(dataset, ["image", "label"], "score_dataset")
     if not isinstance(dataset.features["label"], ClassLabel):
         raise ValueError(f"score_dataset needs `label` to be a ClassLabel, got {dataset.features['label']}")
+    check_label_values(dataset, "label", what="score_dataset")
     _check_classifier_matches(model, dataset.features)
     if device is not None:
         model.to(device)
@@ -212,8 +212,8 @@ def _class_budget(value: int | float, class_size: int, class_name: str) -> int:
 
 
 def _ranked_members(labels: np.ndarray, losses: np.ndarray, ids: list[str], label: int, *, highest: bool) -> list[int]:
-    """Row indices of class ``label`` by loss (ascending, or descending), ties by example_id."""
-    members = np.flatnonzero(labels == label).tolist()
+    """Row indices of class ``label`` with a finite loss, by loss (ascending, or descending), ties by example_id."""
+    members = np.flatnonzero((labels == label) & np.isfinite(losses)).tolist()
     sign = -1.0 if highest else 1.0
     return sorted(members, key=lambda i: (sign * losses[i], ids[i]))
 
@@ -222,11 +222,19 @@ def _scores(dataset: Dataset, what: str):
     _require_columns(dataset, ["label", "erm_loss", "example_id"], what, "; score it first with score_dataset")
     if not isinstance(dataset.features["label"], ClassLabel):
         raise ValueError(f"{what} needs `label` to be a ClassLabel, got {dataset.features['label']}")
+    check_label_values(dataset, "label", what=what)
     losses = np.asarray(dataset["erm_loss"], dtype=np.float64)
-    if np.isnan(losses).any():
-        bad = [dataset[int(i)]["example_id"] for i in np.flatnonzero(np.isnan(losses))[:5]]
-        raise ValueError(f"erm_loss is NaN for {int(np.isnan(losses).sum())} row(s), e.g. example_id {bad}")
-    return np.asarray(dataset["label"]), losses, list(dataset["example_id"])
+    ids = list(dataset["example_id"])
+    nonfinite = np.flatnonzero(~np.isfinite(losses))
+    if len(nonfinite):
+        # One image the classifier cannot score (NaN / inf logits) must not stop the run:
+        # it is left out of every ranking, and said so.
+        warnings.warn(
+            f"{what}: erm_loss is NaN or infinite for {len(nonfinite)} row(s), which are left out of the "
+            f"selection (reason: non-finite ERM loss), e.g. example_id {[ids[i] for i in nonfinite[:5]]}",
+            stacklevel=3,
+        )
+    return np.asarray(dataset["label"]), losses, ids
 
 
 def select_lowest_loss(scored_train: Dataset, config: SelectionConfig) -> Dataset:
@@ -251,7 +259,10 @@ def select_lowest_loss(scored_train: Dataset, config: SelectionConfig) -> Datase
     for label, name in enumerate(names):
         ranked = _ranked_members(labels, losses, ids, label, highest=False)
         if values[label] and not ranked:
-            raise ValueError(f"class {name!r} has no images in the dataset: cannot select its lowest-loss images")
+            raise ValueError(
+                f"class {name!r} has no images with a finite erm_loss in the training split "
+                f"({int((labels == label).sum())} rows of that class): cannot select its lowest-loss images"
+            )
         budget = _class_budget(values[label], len(ranked), name)
         others = [other for other in range(len(names)) if other != label]
         for index in ranked[:budget]:
@@ -291,7 +302,13 @@ def _validation_group_of_class(validation: Dataset, label: int, config: Selectio
         raise ValueError(f"class {names[label]!r} has no validation images")
     # The group the ERM model fails most on is the class's minority: its images show the
     # object without the spurious features the ERM model relies on.
-    mean_loss = {g: losses[(groups == g) & (labels == label)].mean() for g in candidates}
+    # Non-finite losses (images the classifier cannot score) are left out of the means.
+    finite = np.isfinite(losses)
+    mean_loss = {
+        g: losses[(groups == g) & (labels == label) & finite].mean() if ((groups == g) & (labels == label) & finite).any()
+        else -np.inf
+        for g in candidates
+    }
     return max(candidates, key=lambda g: (mean_loss[g], -g))
 
 
@@ -312,7 +329,10 @@ def select_textual_inversion(scored_train: Dataset, validation: Dataset | None, 
         for label, name in enumerate(names):
             ranked = _ranked_members(labels, losses, ids, label, highest=True)
             if not ranked:
-                raise ValueError(f"class {name!r} has no training images to learn its token from")
+                raise ValueError(
+                    f"class {name!r} has no training images with a finite erm_loss "
+                    f"({int((labels == label).sum())} rows of that class): no images to learn its token from"
+                )
             rows += _take(ranked, config.ti_num_images, f"class {name!r}")
     else:
         if validation is None:

@@ -307,16 +307,19 @@ def load_components(config: TextualInversionConfig, frozen_dtype: torch.dtype = 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from .hub_access import reaching
+
     source = {"pretrained_model_name_or_path": config.model_id, "revision": config.revision}
-    return {
-        "tokenizer": CLIPTokenizer.from_pretrained(**source, subfolder="tokenizer"),
-        # float32 even from a float16 checkpoint (transformers keeps the saved dtype): the
-        # token's embedding row is what trains.
-        "text_encoder": CLIPTextModel.from_pretrained(**source, subfolder="text_encoder", dtype=torch.float32),
-        "vae": AutoencoderKL.from_pretrained(**source, subfolder="vae", torch_dtype=frozen_dtype),
-        "unet": UNet2DConditionModel.from_pretrained(**source, subfolder="unet", torch_dtype=frozen_dtype),
-        "noise_scheduler": DDPMScheduler.from_pretrained(**source, subfolder="scheduler"),
-    }
+    with reaching(config.model_id, config.revision, "textual-inversion model"):
+        return {
+            "tokenizer": CLIPTokenizer.from_pretrained(**source, subfolder="tokenizer"),
+            # float32 even from a float16 checkpoint (transformers keeps the saved dtype): the
+            # token's embedding row is what trains.
+            "text_encoder": CLIPTextModel.from_pretrained(**source, subfolder="text_encoder", dtype=torch.float32),
+            "vae": AutoencoderKL.from_pretrained(**source, subfolder="vae", torch_dtype=frozen_dtype),
+            "unet": UNet2DConditionModel.from_pretrained(**source, subfolder="unet", torch_dtype=frozen_dtype),
+            "noise_scheduler": DDPMScheduler.from_pretrained(**source, subfolder="scheduler"),
+        }
 
 
 def single_token_id(tokenizer, word: str) -> int:
@@ -657,6 +660,13 @@ def train_token(
                 batch, vae=vae, unet=unet, text_encoder=text_encoder,
                 noise_scheduler=models["noise_scheduler"], weight_dtype=weight_dtype, seed=config.seed,
             )
+            if not torch.isfinite(loss):
+                # Stop before the update: the token and its last checkpoint stay as they were.
+                raise FloatingPointError(
+                    f"textual inversion of class {class_name!r} ({token}): the loss is {loss.item()} at step "
+                    f"{global_step + 1} of {config.max_train_steps}; lower the learning rate or use "
+                    f"mixed_precision 'no'. Last checkpoint: {latest_checkpoint(output_dir)}"
+                )
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
@@ -764,6 +774,8 @@ def learn_tokens(
         class_dir = os.path.join(output_dir, token_folder_name(name))
         final = os.path.join(class_dir, EMBEDS_NAME)
         if not os.path.isfile(final):
+            if len(per_class_images[index]) == 0:
+                raise ValueError(f"class {name!r} (index {index}) has no images to learn its token from")
             learn_token(per_class_images[index], name, config, class_dir, prompt_name=prompt_name)
         saved, saved_info = read_embeds(final)
         if token not in saved:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -39,6 +40,35 @@ from .modeling import ClassifierConfig, create_classifier, eval_transform, save_
 
 
 REAL = -1  # the `direction` of a real training image
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; nothing of the diverged model was saved."""
+
+
+def check_training_data(train: Dataset, validation: Dataset, synthetic: Dataset | None, gammas) -> None:
+    """Labels in range and one class list everywhere, checked before any model is built.
+
+    A gamma for a class that no edit was made into is allowed (its term is 0, Eq. 6-8)
+    but warned about: usually every edit of that direction was pruned.
+    """
+    from .checks import check_class_names, check_labelled
+
+    names = train.features["label"].names if "label" in train.features else None
+    for split, dataset in (("train", train), ("validation", validation), ("synthetic", synthetic)):
+        if dataset is None:
+            continue
+        check_labelled(dataset, what="training", split=split, required=["image"])
+        check_class_names(names, dataset.features["label"].names,
+                          expected_what="the training split", actual_what=f"the {split} split")
+    if synthetic is not None and gammas:
+        counts = np.bincount(np.asarray(synthetic["label"], dtype=np.int64), minlength=len(names))
+        empty = [names[c] for c, gamma in enumerate(gammas) if gamma and c < len(names) and counts[c] == 0]
+        if empty:
+            warnings.warn(
+                f"no synthetic images of class(es) {empty} (synthetic rows per class: "
+                f"{dict(zip(names, counts.tolist()))}): their gamma terms are 0", stacklevel=3,
+            )
 
 
 @dataclass
@@ -254,10 +284,14 @@ def train_classifier(
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
     )
     set_seed(config.seed)
+    check_training_data(train, validation, synthetic, config.gammas)
     label_names = train.features["label"].names
     if init_model_dir is not None:
-        from .modeling import load_classifier
+        from .checks import check_class_names
+        from .modeling import load_classifier, saved_label_names
 
+        check_class_names(label_names, saved_label_names(init_model_dir) or label_names,
+                          expected_what="the training data", actual_what=f"the initial classifier {init_model_dir!r}")
         model = load_classifier(init_model_dir)
         model.train()
     else:
@@ -298,10 +332,19 @@ def train_classifier(
         train_loader.set_epoch(epoch)
         running, seen = 0.0, 0
         progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=not accelerator.is_main_process)
-        for batch in progress:
+        for step, batch in enumerate(progress):
             with accelerator.accumulate(model):
                 logits = model(batch["pixel_values"])
                 loss = dbb_loss(logits, batch["label"], batch["direction"], config.gammas)
+                if not torch.isfinite(loss):
+                    # Stop before the step: the weights, the saved model and the last
+                    # epoch checkpoint stay as they were.
+                    raise NonFiniteLossError(
+                        f"the training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} of "
+                        f"{len(train_loader)} ({config.output_dir}); lower the learning rate or check the data. "
+                        f"Nothing of this epoch was saved; the last complete checkpoint is "
+                        f"{_latest_checkpoint(checkpoint_dir)}"
+                    )
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()

@@ -27,6 +27,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
 from datasets import config as datasets_config
 
+from ..hub_access import reaching
 from .common import SPLITS, DatasetFormatError, base_features, group_id, require_columns
 
 
@@ -92,15 +93,25 @@ def read_source(config: HubConfig) -> DatasetDict:
     if saved:
         loaded = load_from_disk(config.path)
     else:
-        loaded = load_dataset(config.path, config.config_name, revision=config.revision)
+        with reaching(config.path, config.revision, "dataset"):
+            loaded = load_dataset(config.path, config.config_name, revision=config.revision)
     return DatasetDict({"train": loaded}) if isinstance(loaded, Dataset) else loaded
 
 
-def _classes(splits: list[Dataset], column: str) -> tuple[list[str], Optional[dict]]:
+def _classes(splits: dict[str, Dataset], column: str, source: str) -> tuple[list[str], Optional[dict]]:
     """Class names of ``column`` and the value -> index lookup (None for a ClassLabel)."""
-    feature = splits[0].features[column]
+    from ..checks import check_class_names, check_label_values
+
+    first, feature = next((name, ds.features[column]) for name, ds in splits.items())
     if isinstance(feature, ClassLabel):
+        for name, dataset in splits.items():
+            other = dataset.features[column]
+            check_class_names(feature.names, getattr(other, "names", [str(other)]),
+                              expected_what=f"{source} split {first!r} column {column!r}",
+                              actual_what=f"split {name!r}")
+            check_label_values(dataset, column, what=source, split=name)
         return list(feature.names), None
+    splits = list(splits.values())
     values = set()
     for dataset in splits:
         unique = dataset.unique(column)
@@ -174,9 +185,9 @@ def load_hub(config: HubConfig) -> DatasetDict:
     selected = _select_splits(source, config)
     for source_name, dataset in selected.values():
         _check_columns(dataset, config, source_name)
-    parts = [dataset for _, dataset in selected.values()]
-    label_names, label_lookup = _classes(parts, config.label_column)
-    spurious_names, spurious_lookup = _classes(parts, config.spurious_column)
+    parts = {source_name: dataset for source_name, dataset in selected.values()}
+    label_names, label_lookup = _classes(parts, config.label_column, config.path)
+    spurious_names, spurious_lookup = _classes(parts, config.spurious_column, config.path)
     features = base_features(label_names, spurious_names)
     result = {}
     for target, (source_name, dataset) in selected.items():

@@ -1,0 +1,104 @@
+"""What a pipeline run checks before its first stage, so that bad input fails in seconds.
+
+A run trains ERM for an hour before it selects, learns tokens, masks, generates and
+prunes. A label outside the class list, a per-class setting of the wrong length, a
+classifier or augmented dataset made for other classes, or a model id of a later stage
+that cannot be reached would otherwise stop it hours in. Everything here reads only
+configs, dataset columns and small files (model configs); no model is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from datasets import ClassLabel, DatasetDict
+
+from .checks import check_class_names, check_classes_present, check_labelled
+from .hub_access import check_reachable
+from .pruning import thresholds_per_class
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+
+def resolve_class_prompts(names: list[str], class_prompts: Optional[list[str]]) -> list[str]:
+    """The word(s) naming each class's object: ``class_prompts`` (one per class), else the class names."""
+    prompts = class_prompts or [n.replace("_", " ") for n in names]
+    if len(prompts) != len(names):
+        raise ValueError(
+            f"class_prompts has {len(prompts)} entries {list(prompts)} but the dataset has {len(names)} classes "
+            f"{list(names)}; give one word per class, in class order"
+        )
+    return list(prompts)
+
+
+def check_dataset(dataset: DatasetDict, *, generating: bool) -> list[str]:
+    """Labels in range and one class list in every split; with ``generating``, every class in train."""
+    names = dataset["train"].features["label"].names
+    for split, ds in dataset.items():
+        labels = ["label"] + (["spurious"] if isinstance(ds.features.get("spurious"), ClassLabel) else [])
+        check_labelled(ds, what="the dataset", split=split, labels=labels, required=["image"])
+        check_class_names(names, ds.features["label"].names, expected_what="the dataset's train split",
+                          actual_what=f"its {split} split")
+    if generating:
+        # Selection, Psi (Eq. 3) and the class's token all need images of every class.
+        check_classes_present(dataset["train"], what="the dataset", split="train")
+    return names
+
+
+def check_per_class_settings(pipeline: "Pipeline", names: list[str]) -> None:
+    """Settings given per class (prompts, counts, thresholds, gammas) have one value per class."""
+    configs = pipeline.configs
+    resolve_class_prompts(names, pipeline.run.class_prompts)
+    selection = configs["selection"]
+    counts = selection.lowest_loss_values
+    if len(counts) not in (1, len(names)):
+        raise ValueError(f"selection lowest_loss has {len(counts)} values {counts} but the dataset has "
+                         f"{len(names)} classes {names}")
+    if selection.ti_validation_groups is not None and len(selection.ti_validation_groups) != len(names):
+        raise ValueError(f"selection ti_validation_groups has {len(selection.ti_validation_groups)} ids but the "
+                         f"dataset has {len(names)} classes {names}")
+    thresholds_per_class(configs["pruning"].P, len(names))
+    gammas = configs["retraining"].gammas
+    if gammas is not None and len(gammas) != len(names):
+        raise ValueError(f"retraining gammas has {len(gammas)} values {gammas} but the dataset has "
+                         f"{len(names)} classes {names}")
+
+
+def check_models(pipeline: "Pipeline") -> None:
+    """The models of the generation stages exist (folder, or Hub id at its revision, or in the cache)."""
+    configs = pipeline.configs
+    inpainting, masking = configs["inpainting"], configs["masking"]
+    if inpainting.backend == "diffusers":
+        ti = configs["textual_inversion"]
+        check_reachable(ti.model_id, ti.revision, "textual-inversion model (textual_inversion.model_id)",
+                        "unet/config.json")
+        check_reachable(inpainting.model_id, inpainting.revision, "inpainting model (inpainting.model_id)",
+                        "model_index.json")
+    if masking.backend == "grounded_sam":
+        check_reachable(masking.detector_id, masking.detector_revision, "masking detector (masking.detector_id)",
+                        "config.json")
+        check_reachable(masking.segmenter_id, masking.segmenter_revision,
+                        "masking segmenter (masking.segmenter_id)", "config.json")
+
+
+def preflight(pipeline: "Pipeline", dataset: DatasetDict) -> Optional[DatasetDict]:
+    """Run every check; returns the run's given augmented dataset (loaded once, here), if any."""
+    from .augmented import load_augmented
+    from .modeling import saved_label_names
+
+    run = pipeline.run
+    names = check_dataset(dataset, generating=not run.augmented_dataset)
+    if run.erm_model:
+        model_names = saved_label_names(run.erm_model)
+        if model_names is not None:
+            check_class_names(names, model_names, expected_what="the dataset",
+                              actual_what=f"the classifier --erm_model {run.erm_model!r} (label_names)")
+    check_per_class_settings(pipeline, names)
+    if run.augmented_dataset:
+        augmented = load_augmented(run.augmented_dataset)
+        check_class_names(names, augmented["train"].features["label"].names, expected_what="the dataset",
+                          actual_what=f"the augmented dataset {run.augmented_dataset!r}")
+        return augmented
+    check_models(pipeline)
+    return None
