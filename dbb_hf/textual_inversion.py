@@ -48,9 +48,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .state_files import load_state_file, save_state_file
+
 EMBEDS_NAME = "learned_embeds.safetensors"
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-TRAINING_STATE_NAME = "training_state.pt"
+TRAINING_STATE_NAME = "training_state.safetensors"  # optimizer + LoRA state, no pickle
 CHECKPOINT_PREFIX = "checkpoint-"
 METADATA_KEY = "dbb_hf"
 
@@ -573,7 +575,7 @@ def train_token(
     checkpoint = latest_checkpoint(output_dir)
     if checkpoint is not None:
         start_step, folder = checkpoint
-        state = torch.load(os.path.join(folder, TRAINING_STATE_NAME), map_location="cpu", weights_only=True)
+        state = load_state_file(os.path.join(folder, TRAINING_STATE_NAME))
         if state["resume_key"] != resume_key:
             raise ValueError(
                 f"{folder} was written by a run with another config, class or model; resume needs the same "
@@ -698,7 +700,7 @@ def _save_checkpoint(accelerator, output_dir: str, step: int, save, training_sta
         folder = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
         os.makedirs(folder, exist_ok=True)
         save(folder, step)
-        torch.save(training_state(step), os.path.join(folder, f"{TRAINING_STATE_NAME}.tmp"))
+        save_state_file(training_state(step), os.path.join(folder, f"{TRAINING_STATE_NAME}.tmp"))
         os.replace(os.path.join(folder, f"{TRAINING_STATE_NAME}.tmp"), os.path.join(folder, TRAINING_STATE_NAME))
         # Older checkpoints keep their token snapshot; only the newest keeps the (large)
         # optimizer state needed to resume.

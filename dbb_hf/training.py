@@ -321,7 +321,10 @@ def train_classifier(
     state = {"epoch": 0, "best_value": -1.0, "best_epoch": -1, "best_validation": {}, "history": []}
     latest = _latest_checkpoint(checkpoint_dir) if config.resume else None
     if latest is not None:
-        accelerator.load_state(str(latest))
+        # The model comes back from safetensors; the optimizer, scheduler and RNG states are
+        # accelerate's pickles, unpickled with weights_only=True (tensors and numpy arrays
+        # only, no code runs; accelerate reads its RNG file that way by default).
+        accelerator.load_state(str(latest), load_kwargs={"weights_only": True})
         state = json.loads((latest / "trainer_state.json").read_text())
         accelerator.print(f"resumed from {latest} (epoch {state['epoch']})")
     if config.report_to != "none":
@@ -388,7 +391,7 @@ def _scalars(metrics: dict) -> dict:
 
 def _save_checkpoint(accelerator: Accelerator, path: Path, state: dict, keep: int) -> None:
     # The trainer state is written last: a checkpoint without it is incomplete and ignored.
-    accelerator.save_state(str(path))
+    accelerator.save_state(str(path), safe_serialization=True)
     if accelerator.is_main_process:
         (path / "trainer_state.json").write_text(json.dumps(state, default=str))
         done = sorted(

@@ -95,7 +95,7 @@ def test_training_moves_only_the_placeholder_row(models, trained):
     assert torch.equal(saved[trained.token][0], rows[token_id])
     assert info[trained.token]["global_step"] == 3 and info[trained.token]["initializer_token"] == "bar"
     checkpoint = os.path.join(os.path.dirname(trained.path), "checkpoint-2")
-    assert sorted(os.listdir(checkpoint)) == [EMBEDS_NAME, "training_state.pt"]
+    assert sorted(os.listdir(checkpoint)) == [EMBEDS_NAME, "training_state.safetensors"]
 
 
 def test_learned_embeds_load_into_inpainting_pipeline(models, trained):
@@ -156,7 +156,7 @@ def test_resume_reproduces_the_uninterrupted_run(models, toy, trained, tmp_path)
     torch.testing.assert_close(read_embeds(resumed.path)[0], read_embeds(trained.path)[0], rtol=1e-5, atol=1e-6)
     # Only the newest checkpoint keeps the optimizer state needed to resume.
     assert os.listdir(interrupted / "checkpoint-2") == [EMBEDS_NAME]
-    assert sorted(os.listdir(interrupted / "checkpoint-3")) == [EMBEDS_NAME, "training_state.pt"]
+    assert sorted(os.listdir(interrupted / "checkpoint-3")) == [EMBEDS_NAME, "training_state.safetensors"]
 
     with pytest.raises(ValueError, match="another config"):
         train_token(toy[0], "horizontal_bar", tiny_config(models, max_train_steps=5, learning_rate=1e-3), interrupted)
