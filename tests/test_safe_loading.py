@@ -56,7 +56,8 @@ def unsafe_calls(source: str, filename: str = "<source>") -> list[str]:
             modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             if any(m.split(".")[0] in ("pickle", "dill", "cloudpickle", "joblib", "marshal") for m in modules):
                 problems.append(f"{where(node)}: imports a pickle module")
-            if isinstance(node, ast.ImportFrom) and node.module == "torch" and {"load", "save"} & {a.name for a in node.names}:
+            names = {a.name for a in node.names}
+            if isinstance(node, ast.ImportFrom) and node.module == "torch" and {"load", "save"} & names:
                 problems.append(f"{where(node)}: imports torch.load / torch.save by name")
         elif isinstance(node, ast.Call):
             name = ast.unparse(node.func)
@@ -263,12 +264,15 @@ def test_weights_are_safetensors_and_the_only_pickles_are_read_safely(tokened_ru
         if path.suffix in PICKLE_SUFFIXES or head.startswith((b"PK\x03\x04", b"\x80")):
             pickles.append(path)
     names = {p.relative_to(out).as_posix() for p in weights}
-    assert {"erm/model/model.safetensors", "retrained/model/model.safetensors", "tokens/blond/learned_embeds.safetensors",
+    assert {"erm/model/model.safetensors", "retrained/model/model.safetensors",
+            "tokens/blond/learned_embeds.safetensors",
             "tokens/blond/checkpoint-2/training_state.safetensors",  # the textual-inversion resume state
             "hub/model/model.safetensors", "hub/embeddings/blond.safetensors"} <= names  # fmt: skip
 
     assert pickles  # the classifier's epoch checkpoints, kept for resuming
-    unexpected = [p for p in pickles if not (ACCELERATE_PICKLE.fullmatch(p.name) and p.parent.parent.name == "checkpoints")]
+    unexpected = [
+        p for p in pickles if not (ACCELERATE_PICKLE.fullmatch(p.name) and p.parent.parent.name == "checkpoints")
+    ]
     assert unexpected == [], "pickles outside accelerate's checkpoint states"
     for path in pickles:
         # What accelerator.load_state unpickles, it unpickles with weights_only=True.

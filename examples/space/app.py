@@ -299,7 +299,8 @@ def _tokens_path(config: SpaceConfig) -> str:
         return config.tokens
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(config.tokens, revision=config.tokens_revision)
+    # Only what load_tokens reads: no pickle (a .bin or .pt) is even downloaded.
+    return snapshot_download(config.tokens, revision=config.tokens_revision, allow_patterns=["*.safetensors", "*.json"])
 
 
 def load_models(config: SpaceConfig) -> SpaceModels:
