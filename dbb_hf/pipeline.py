@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,10 @@ from .modeling import ClassifierConfig, load_classifier
 from .preflight import preflight, resolve_class_prompts
 from .pruning import PruningConfig, apply_thresholds, class_confidence, score_edits
 from .selection import SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
-from .stages import load_stage_output, save_stage_output, source_signature, stage_fingerprint, write_text_atomic
+from .stages import (
+    STAGE_INFO, finish_interrupted_save, load_stage_output, save_stage_output, source_signature, stage_fingerprint,
+    write_text_atomic,
+)
 from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
 from .training import TrainingConfig, train_group_counts_of, evaluate_split, train_classifier
 
@@ -98,6 +102,9 @@ class Pipeline:
         """The saved output of ``stage`` if its fingerprint matches, else ``compute(stage_dir)`` saved."""
         stage_dir = self.out / stage
         start = time.perf_counter()
+        if self.state.is_main_process:
+            finish_interrupted_save(stage_dir)
+        self.state.wait_for_everyone()
         found = load_stage_output(stage_dir, fingerprint)
         if found is not None:
             self.reused.append(stage)
@@ -110,6 +117,21 @@ class Pipeline:
         self.state.wait_for_everyone()
         self.timings[stage] = time.perf_counter() - start
         return load_stage_output(stage_dir, fingerprint)
+
+    def _claim(self, stage: str, fingerprint: str) -> bool:
+        """Whether ``stage`` (trained in its folder: checkpoints, then a model) finished with
+        ``fingerprint``. If not, the folder is kept when a run with this fingerprint started
+        it (its checkpoints resume) and emptied when another config did: resuming from
+        another config's checkpoints would mix two runs."""
+        stage_dir = self.out / stage
+        if _saved_fingerprint(stage_dir / STAGE_INFO) == fingerprint:
+            return True
+        if self.state.is_main_process and _saved_fingerprint(stage_dir / STARTED) != fingerprint:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+            stage_dir.mkdir(parents=True)
+            write_text_atomic(stage_dir / STARTED, json.dumps({"fingerprint": fingerprint}))
+        self.state.wait_for_everyone()
+        return False
 
     def _sharding(self) -> dict:
         return {
@@ -154,8 +176,7 @@ class Pipeline:
         start = time.perf_counter()
         config = dataclasses.replace(self.configs["erm"], output_dir=str(self.out / "erm"))
         fp = stage_fingerprint("erm", [self.configs["classifier"], dataclasses.replace(config, output_dir="")], fp_data)
-        done = self.out / "erm" / "stage.json"
-        if done.exists() and json.loads(done.read_text())["fingerprint"] == fp:
+        if self._claim("erm", fp):
             self.reused.append("erm")
         else:
             result = train_classifier(
@@ -163,7 +184,7 @@ class Pipeline:
                 metadata={"stage": "erm", "dataset": dataclasses.asdict(self.data)},
             )
             if self.state.is_main_process:
-                done.write_text(json.dumps({"fingerprint": fp, "best_epoch": result.best_epoch}))
+                write_text_atomic(self.out / "erm" / STAGE_INFO, json.dumps({"fingerprint": fp, "best_epoch": result.best_epoch}))
             self.state.wait_for_everyone()
         self.timings["erm"] = time.perf_counter() - start
         return str(self.out / "erm" / "model"), fp
@@ -218,6 +239,7 @@ class Pipeline:
         # Tokens are named after the classes; the prompts' object word is shared when the
         # classes share one (Waterbirds: "bird"), else each class's own name is used.
         prompt_name = prompts[0] if len(set(prompts)) == 1 else None
+        self._claim("tokens", fp)  # learn_tokens skips the classes already done in its folder
         tokens = learn_tokens(per_class, names, cfg["textual_inversion"], str(self.out / "tokens"), prompt_name=prompt_name)
         self.timings["tokens"] = time.perf_counter() - start
         return [tokens[c] for c in range(len(prompts))], fp
@@ -255,8 +277,9 @@ class Pipeline:
     def __call__(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.state.is_main_process:
-            (self.out / "config.yaml").write_text(
-                to_yaml({"data": self.data, "run": self.run, **self.configs, "dbb_hf_version": __version__})
+            write_text_atomic(
+                self.out / "config.yaml",
+                to_yaml({"data": self.data, "run": self.run, **self.configs, "dbb_hf_version": __version__}),
             )
         dataset, fp_data = self.load_data()
         # Bad input fails here, in seconds, not after ERM or generation.
@@ -285,8 +308,7 @@ class Pipeline:
             "retrained", [self.configs["classifier"], dataclasses.replace(config, output_dir="")],
             fp_aug, erm_dir if self.run.retrain_from_erm else None,
         )
-        done = self.out / "retrained" / "stage.json"
-        if done.exists() and json.loads(done.read_text())["fingerprint"] == fp:
+        if self._claim("retrained", fp):
             self.reused.append("retrained")
         else:
             train_classifier(
@@ -296,7 +318,7 @@ class Pipeline:
                 metadata={"stage": "retrained", "dataset": dataclasses.asdict(self.data)},
             )
             if self.state.is_main_process:
-                done.write_text(json.dumps({"fingerprint": fp}))
+                write_text_atomic(self.out / "retrained" / STAGE_INFO, json.dumps({"fingerprint": fp}))
             self.state.wait_for_everyone()
         self.timings["retrained"] = time.perf_counter() - start
         return str(self.out / "retrained" / "model"), fp
@@ -342,6 +364,13 @@ class Pipeline:
                 publish_run(str(self.out), namespace=self.run.hub_namespace, private=self.run.hub_private)
         self.state.wait_for_everyone()
         return report
+
+
+STARTED = "started.json"  # the fingerprint of the run training in a stage folder
+
+
+def _saved_fingerprint(path: Path) -> str | None:
+    return json.loads(path.read_text()).get("fingerprint") if path.exists() else None
 
 
 def build_augmented(dataset: DatasetDict, pruned: Dataset) -> DatasetDict:

@@ -189,6 +189,11 @@ def run_resumable(
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
+def _temporary(stage_dir: Path) -> tuple[Path, Path]:
+    """The folders a save uses beside ``stage_dir``: the new output, and the old one moved away."""
+    return stage_dir.parent / f".{stage_dir.name}.tmp", stage_dir.parent / f".{stage_dir.name}.old"
+
+
 def load_stage_output(stage_dir: str | os.PathLike, fingerprint: str):
     """The saved output of a stage if it was finished with this fingerprint, else None."""
     info = Path(stage_dir) / STAGE_INFO
@@ -197,15 +202,44 @@ def load_stage_output(stage_dir: str | os.PathLike, fingerprint: str):
     return load_from_disk(stage_dir)
 
 
+def finish_interrupted_save(stage_dir: str | os.PathLike) -> None:
+    """Complete a :func:`save_stage_output` that a crash stopped before its renames ended.
+
+    Its temporary folder is complete once it holds ``stage.json`` (written last), and is
+    newer than ``stage_dir``, so it is moved into place instead of being computed again;
+    a temporary folder without it, or an old folder left behind, is deleted. Call it
+    from one process only.
+    """
+    stage_dir = Path(stage_dir)
+    tmp, old = _temporary(stage_dir)
+    if (tmp / STAGE_INFO).exists():
+        replace_folder(tmp, stage_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def replace_folder(tmp: str | os.PathLike, stage_dir: str | os.PathLike) -> None:
+    """Put the complete folder ``tmp`` in the place of ``stage_dir`` (two renames, each
+    atomic: at every moment one of the two names holds a complete folder)."""
+    tmp, stage_dir = Path(tmp), Path(stage_dir)
+    old = _temporary(stage_dir)[1]
+    shutil.rmtree(old, ignore_errors=True)
+    if stage_dir.exists():
+        os.replace(stage_dir, old)
+    os.replace(tmp, stage_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_stage_output(stage_dir: str | os.PathLike, dataset, fingerprint: str, info: dict | None = None) -> None:
     """Save a finished stage's dataset as ``stage_dir`` itself (``load_from_disk(stage_dir)``).
 
-    The dataset and its ``stage.json`` mark are written to a temporary folder that then
-    replaces ``stage_dir`` (and the stage's working files, such as finished shards), so a
-    crash leaves either the old state or the new one, never a half-written output.
+    The dataset and its ``stage.json`` mark (last) are written to a temporary folder that
+    then replaces ``stage_dir`` (and the stage's working files, such as finished shards),
+    so a crash leaves either the old state or the new one, never a half-written output;
+    :func:`finish_interrupted_save` completes a save stopped between the renames.
     """
     stage_dir = Path(stage_dir)
-    tmp = stage_dir.parent / f".{stage_dir.name}.tmp"
+    tmp = _temporary(stage_dir)[0]
     shutil.rmtree(tmp, ignore_errors=True)
     if isinstance(dataset, DatasetDict):
         # datasets writes no shard for an empty split and then cannot load it back
@@ -213,6 +247,5 @@ def save_stage_output(stage_dir: str | os.PathLike, dataset, fingerprint: str, i
         dataset.save_to_disk(tmp, num_shards={name: 1 for name, split in dataset.items() if len(split) == 0})
     else:
         dataset.save_to_disk(tmp)
-    (tmp / STAGE_INFO).write_text(json.dumps({"fingerprint": fingerprint, **(info or {})}, indent=2, default=str))
-    shutil.rmtree(stage_dir, ignore_errors=True)
-    os.replace(tmp, stage_dir)
+    write_text_atomic(tmp / STAGE_INFO, json.dumps({"fingerprint": fingerprint, **(info or {})}, indent=2, default=str))
+    replace_folder(tmp, stage_dir)

@@ -641,10 +641,11 @@ def train_token(
     }
 
     def save(folder: str, step: int) -> None:
-        rows = unwrapped(text_encoder).get_input_embeddings().weight[token_ids]
-        save_embeds(os.path.join(folder, EMBEDS_NAME), {token: rows}, {token: {**info[token], "global_step": step}})
+        # The token file last: learn_tokens takes a class whose file exists as finished.
         if lora:
             save_lora_folder(folder, unwrapped(unet), unwrapped(text_encoder), config)
+        rows = unwrapped(text_encoder).get_input_embeddings().weight[token_ids]
+        save_embeds(os.path.join(folder, EMBEDS_NAME), {token: rows}, {token: {**info[token], "global_step": step}})
 
     def training_state(step: int) -> dict:
         lora_state = _lora_state_dicts(unwrapped(unet), unwrapped(text_encoder), config) if lora else {}

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .metrics import group_metrics
 from .modeling import ClassifierConfig, create_classifier, eval_transform, save_classifier, train_transform
+from .stages import replace_folder, write_text_atomic
 
 
 REAL = -1  # the `direction` of a real training image
@@ -371,12 +372,16 @@ def train_classifier(
         if value > state["best_value"]:
             state.update(best_value=value, best_epoch=epoch + 1, best_validation=metrics)
             if accelerator.is_main_process:
+                # Written aside, then renamed: model_dir never holds half of a model.
+                new_model_dir = output_dir / ".model.tmp"
+                shutil.rmtree(new_model_dir, ignore_errors=True)
                 save_classifier(
                     accelerator.unwrap_model(model),
-                    str(model_dir),
+                    str(new_model_dir),
                     label_names,
                     metadata={**(metadata or {}), "best_epoch": epoch + 1, "validation": metrics, "training": asdict(config)},
                 )
+                replace_folder(new_model_dir, model_dir)
         state["epoch"] = epoch + 1
         _save_checkpoint(accelerator, checkpoint_dir / f"epoch_{epoch + 1}", state, config.checkpoints_total_limit)
 
@@ -393,11 +398,12 @@ def _save_checkpoint(accelerator: Accelerator, path: Path, state: dict, keep: in
     # The trainer state is written last: a checkpoint without it is incomplete and ignored.
     accelerator.save_state(str(path), safe_serialization=True)
     if accelerator.is_main_process:
-        (path / "trainer_state.json").write_text(json.dumps(state, default=str))
+        write_text_atomic(path / "trainer_state.json", json.dumps(state, default=str))
         done = sorted(
             (p for p in path.parent.glob("epoch_*") if (p / "trainer_state.json").exists()),
             key=lambda p: int(p.name.split("_")[1]),
         )
         for old in done[:-keep]:
+            (old / "trainer_state.json").unlink()  # first: a half-deleted checkpoint is never taken as complete
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
