@@ -19,6 +19,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 from transformers import HfArgumentParser
 
+from .images import BAD_IMAGE_POLICIES, verify_images
+
 
 def _prefixed(section: str, cls: type) -> type:
     # Modules with `from __future__ import annotations` store types as strings; resolve them
@@ -108,6 +110,15 @@ class DataConfig:
         default_factory=list,
         metadata={"help": "Loader options as key=value, e.g. identity_split=true target_attribute=Blond_Hair."},
     )
+    bad_images: str = field(
+        default="error",
+        metadata={"help": "Unreadable (corrupt, truncated) images found when loading: error (name them), "
+                  "drop (remove their rows; the run's report lists them) or off (no check)."},
+    )
+
+    def __post_init__(self):
+        if self.bad_images not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {self.bad_images!r}")
 
     def option_dict(self) -> dict:
         out = {}
@@ -119,6 +130,11 @@ class DataConfig:
         return out
 
     def load(self):
+        return self.load_checked()[0]
+
+    def load_checked(self):
+        """The dataset, every ``image`` decoded once and unreadable ones handled by ``bad_images``,
+        and the dropped rows (``{"split", "example_id", "reason"}``)."""
         from .data import load_benchmark
 
-        return load_benchmark(self.dataset, self.data_dir, **self.option_dict())
+        return verify_images(load_benchmark(self.dataset, self.data_dir, **self.option_dict()), self.bad_images)

@@ -143,6 +143,7 @@ COLUMN_DESCRIPTIONS = {
     "generated_mask": "the region the generator changed",
     "generation_status": "generation outcome (`ok` for every published edit)",
     "ig_target": "class the integrated gradients were taken for",
+    "score_status": "pruning's scoring outcome (`ok` for every published edit)",
     "prune_reason": "why an edit is pruned; empty when kept",
 }
 SPLIT_DESCRIPTIONS = {

@@ -19,9 +19,10 @@ size, the order of rows, or how many processes share the work.
 Columns added: ``generated`` (Image, RGB, source size), ``generated_mask`` (Image "L",
 0/255: the region the generator was allowed to change), ``prompt`` (string; None for
 compose), ``seed`` (int64), ``generator`` (string), ``generation_status`` ("ok",
-"skipped_no_mask", "skipped_empty_mask", and for compose "skipped_no_donor",
-"skipped_no_background"); compose also adds ``donor_example_id``. Skipped rows are kept
-with ``generated`` = None.
+"skipped_no_mask", "skipped_empty_mask", "skipped_no_background" (the mask covers the
+whole image), for compose "skipped_no_donor", and "failed: unreadable image: <error>");
+compose also adds ``donor_example_id``. Skipped and failed rows are kept with
+``generated`` = None.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from datasets import Dataset, Image as ImageFeature, Value
 from PIL import Image, ImageFilter
 
 from .data.common import require_columns
-from .stages import apply_stage, run_resumable
 from .hub_access import reaching
+from .images import to_rgb
+from .stages import ImageGuard, apply_stage, run_resumable
 
 BACKENDS = ("diffusers", "compose")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -195,7 +197,7 @@ def _row_status(batch: dict, i: int) -> str:
 
 
 def _source_and_mask(batch: dict, i: int, dilation: int) -> tuple[np.ndarray, np.ndarray]:
-    image = np.asarray(batch["image"][i].convert("RGB"))
+    image = np.asarray(to_rgb(batch["image"][i]))
     mask = batch["mask"][i]
     if mask.size != batch["image"][i].size:
         raise ValueError(
@@ -205,13 +207,17 @@ def _source_and_mask(batch: dict, i: int, dilation: int) -> tuple[np.ndarray, np
 
 
 def _editable_rows(batch: dict, statuses: list[str], dilation: int):
-    """(index, source, mask) of the rows still OK, marking rows whose mask is empty."""
+    """(index, source, mask) of the rows still OK, marking rows whose mask is empty or covers
+    the whole image (nothing of the source would be kept: no edit in the method's sense)."""
     for i, status in enumerate(statuses):
         if status != OK:
             continue
         source, mask = _source_and_mask(batch, i, dilation)
         if not mask.any():
             statuses[i] = "skipped_empty_mask"
+            continue
+        if mask.all():
+            statuses[i] = "skipped_no_background"
             continue
         yield i, source, mask
 
@@ -328,9 +334,6 @@ def compose_batch(batch: dict, *, donors: Dataset, config: InpaintingConfig) -> 
         else np.ones(len(donors), dtype=bool)
     )
     for i, source, mask in _editable_rows(batch, out["generation_status"], config.mask_dilation):
-        if mask.all():
-            out["generation_status"][i] = "skipped_no_background"
-            continue
         candidates = np.flatnonzero((donor_labels == int(batch["target_label"][i])) & donor_ok)
         if len(candidates) == 0:
             out["generation_status"][i] = "skipped_no_donor"
@@ -338,13 +341,34 @@ def compose_batch(batch: dict, *, donors: Dataset, config: InpaintingConfig) -> 
         rng = np.random.default_rng(out["seed"][i])
         donor = donors[int(candidates[rng.integers(len(candidates))])]
         size = batch["image"][i].size
-        donor_image = np.asarray(donor["image"].convert("RGB").resize(size, Image.BICUBIC))
+        donor_image = np.asarray(to_rgb(donor["image"]).resize(size, Image.BICUBIC))
         donor_mask = binary_mask(donor["mask"].resize(size, Image.NEAREST))
         composed = np.where(donor_mask[..., None], donor_image, _erase(source, mask, rng))
         out["generated"][i] = Image.fromarray(composed)
         out["generated_mask"][i] = _mask_to_image(mask | donor_mask)
         out["donor_example_id"][i] = donor["example_id"]
     return out
+
+
+def failed_rows(batch: dict, reasons: Sequence[str], *, config: InpaintingConfig, **_) -> dict:
+    """The generation columns of rows whose image cannot be read: no edit, the reason as status."""
+    generator = "compose" if config.backend == "compose" else f"diffusers:{config.model_id}@{config.revision}"
+    n = len(reasons)
+    out = {
+        "generated": [None] * n,
+        "generated_mask": [None] * n,
+        "prompt": [None] * n,
+        "seed": [example_seed(config.seed, e, t) for e, t in zip(batch["example_id"], batch["target_label"])],
+        "generator": [generator] * n,
+        "generation_status": list(reasons),
+    }
+    if config.backend == "compose":
+        out["donor_example_id"] = [None] * n
+    return out
+
+
+# A row whose image cannot be read fails alone; a row without a mask is skipped by the stage itself.
+IMAGE_GUARD = ImageGuard(columns=("image", "mask"), required=("image",), fail=failed_rows)
 
 
 def inpainting_features(backend: str) -> dict:
@@ -434,6 +458,7 @@ def run_inpainting(
         fn_kwargs={**fn_kwargs, "config": config},
         batch_size=config.batch_size,
         fingerprint_parts=parts,
+        guard=IMAGE_GUARD,
     )
     if output_dir is not None:
         return run_resumable(

@@ -23,7 +23,9 @@ the mask's own bounding box for ``column``; empty when nothing was detected),
 ``mask_score`` (float32: the chosen box's detection score, the best score for ``union``,
 1.0 for a non-empty ``column`` mask, 0.0 when nothing was found) and ``mask_status``
 ("ok", "no_detection": no box above the threshold, "empty_mask": a box but no mask
-pixel). Every row is kept; a row without a mask gets an all-zero mask and its status.
+pixel, "failed: unreadable image: <error>" / "failed: missing mask": the row's image
+or source mask could not be read). Every row is kept; a row without a mask gets an
+all-zero mask and its status (no mask at all when its image could not be read).
 
 ``region`` turns the object's mask into the region the generator may repaint, after
 detection/segmentation and before dilation, for every backend: ``mask`` (the object's
@@ -56,9 +58,10 @@ from transformers import (
     SamModel,
 )
 
-from .stages import apply_stage, run_resumable
 from .checks import require_columns
 from .hub_access import reaching
+from .images import to_rgb
+from .stages import ImageGuard, apply_stage, run_resumable
 
 BACKENDS = ("grounded_sam", "column", "lang_sam")
 MASK_POLICIES = ("first", "union")
@@ -442,7 +445,7 @@ def mask_batch(
     """Map function: the ``mask*`` columns of a batch (prompt = class name of the row's ``label``)."""
     if config.backend == "column":
         return _columns(_column_rows(batch, config))
-    images = [image.convert("RGB") for image in batch["image"]]
+    images = [to_rgb(image) for image in batch["image"]]
     prompts = [prompt_for(class_names[label], config.prompt_template) for label in batch["label"]]
     rows = []
     for start in range(0, len(images), config.batch_size):
@@ -450,6 +453,18 @@ def mask_batch(
         backend_rows = _lang_sam_rows if config.backend == "lang_sam" else _grounded_sam_rows
         rows += backend_rows(images[chunk], prompts[chunk], models=models, config=config)
     return _columns(rows)
+
+
+def failed_rows(batch: dict, reasons: Sequence[str], **_) -> dict:
+    """The mask columns of rows whose image (or mask) cannot be read: no mask, the reason as status."""
+    n = len(reasons)
+    return {"mask": [None] * n, "mask_box": [[] for _ in range(n)], "mask_score": [0.0] * n, "mask_status": list(reasons)}
+
+
+def image_guard(config: MaskingConfig) -> ImageGuard:
+    """Rows with an unreadable image (or, for ``column``, mask) fail alone, with the reason."""
+    columns = ("image", config.mask_column) if config.backend == "column" else ("image",)
+    return ImageGuard(columns=columns, required=columns, fail=failed_rows)
 
 
 def _check_dataset(dataset: Dataset, config: MaskingConfig, class_names: Sequence[str] | None) -> list[str]:
@@ -514,6 +529,7 @@ def run_masking(
         fn_kwargs={"models": models, "config": config, "class_names": class_names},
         batch_size=config.batch_size,
         fingerprint_parts=parts,
+        guard=image_guard(config),
     )
     if output_dir is not None:
         return run_resumable(

@@ -31,6 +31,7 @@ from .modeling import ClassifierConfig, load_classifier
 from .preflight import preflight, resolve_class_prompts
 from .pruning import PruningConfig, apply_thresholds, class_confidence, score_edits
 from .selection import SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
+from .accounting import account_stage, outcome_counts
 from .stages import (
     STAGE_INFO, finish_interrupted_save, load_stage_output, save_stage_output, source_signature, stage_fingerprint,
     write_text_atomic,
@@ -165,10 +166,24 @@ class Pipeline:
         fp = stage_fingerprint("data", self.data, source)
         if self.data.dataset != "toy" and source is None:
             start = time.perf_counter()
-            dataset = self.data.load()
+            dataset = self._load_checked(fp)
             self.timings["data"] = time.perf_counter() - start
             return dataset, fp
-        return self._cached("data", fp, lambda stage_dir: self.data.load()), fp
+        return self._cached("data", fp, lambda stage_dir: self._load_checked(fp)), fp
+
+    def _load_checked(self, fingerprint: str) -> DatasetDict:
+        """The data with every image decoded once: unreadable ones raise or are dropped
+        (``data.bad_images``); the dropped rows are kept in ``dropped_images.json`` for the report."""
+        dataset, dropped = self.data.load_checked()
+        if self.state.is_main_process:
+            write_text_atomic(self.out / DROPPED_IMAGES, json.dumps({"fingerprint": fingerprint, "rows": dropped}))
+        return dataset
+
+    def dropped_images(self, fp_data: str) -> list[dict]:
+        """The rows dropped when loading the data with fingerprint ``fp_data``."""
+        path = self.out / DROPPED_IMAGES
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        return saved["rows"] if saved.get("fingerprint") == fp_data else []
 
     def train_erm(self, dataset: DatasetDict, fp_data: str) -> tuple[str, str]:
         if self.run.erm_model:
@@ -211,9 +226,12 @@ class Pipeline:
 
         fp_mask = stage_fingerprint("masks", cfg["masking"], prompts, fp_sel)
         masked = self._cached("masks", fp_mask, lambda d: self._run_masking(selected, prompts, d))
+        # Every row in is ok or failed with its reason, none lost or duplicated (raises otherwise).
+        accounting = {"masks": account_stage("masks", selected, masked)}
 
         fp_gen = stage_fingerprint("generation", cfg["inpainting"], prompts, fp_mask, fp_tok)
         generated = self._cached("generation", fp_gen, lambda d: self._run_generation(masked, prompts, tokens, d))
+        accounting["generation"] = account_stage("generation", masked, generated)
 
         fp_prune = stage_fingerprint("pruning", cfg["pruning"], fp_gen, fp_erm)
         pruned = self._cached(
@@ -224,7 +242,10 @@ class Pipeline:
                 cfg["pruning"].P, Psi=Psi, psi_rule=cfg["pruning"].psi_rule,
             ),
         )
-        return pruned, {"Psi": Psi, "purity": purity, "tokens": tokens, "fingerprint": fp_prune, "model": model}
+        accounting["pruning"] = account_stage("pruning", generated, pruned)
+        accounting["outcomes"] = outcome_counts(pruned)
+        return pruned, {"Psi": Psi, "purity": purity, "tokens": tokens, "fingerprint": fp_prune, "model": model,
+                        "accounting": accounting}
 
     def _learn_tokens(self, dataset, scored, prompts, fp_sel):
         cfg = self.configs
@@ -295,6 +316,7 @@ class Pipeline:
             pruned, info = self.generate(dataset, erm_dir, fp_erm)
             fp_aug = stage_fingerprint("augmented", info["fingerprint"], fp_data)
             augmented = self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned))
+        info["dropped_images"] = self.dropped_images(fp_data)
         retrained_dir, fp_retrained = self.retrain(augmented, erm_dir, fp_aug)
         fp_report = stage_fingerprint(
             "report", self.run.num_grid_examples, fp_data, fp_erm, fp_retrained, info.get("fingerprint")
@@ -367,6 +389,7 @@ class Pipeline:
 
 
 STARTED = "started.json"  # the fingerprint of the run training in a stage folder
+DROPPED_IMAGES = "dropped_images.json"  # rows whose image could not be read, dropped at load
 
 
 def _saved_fingerprint(path: Path) -> str | None:

@@ -53,8 +53,9 @@ from tqdm.auto import tqdm
 
 from .checks import check_label_values, require_columns
 from .data.common import DatasetFormatError
+from .images import to_rgb
 from .modeling import data_config, geometric_transform
-from .stages import apply_stage, run_resumable, stage_fingerprint, with_new_features
+from .stages import ImageGuard, apply_stage, run_resumable, stage_fingerprint, with_new_features
 
 IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 IG_TARGETS = ("target", "source")
@@ -67,6 +68,7 @@ SCORE_FEATURES = {
     "rho": Value("float32"),
     "psi_threshold": Value("float32"),
     "ig_target": Value("int32"),
+    "score_status": Value("string"),
 }
 VERDICT_FEATURES = {"keep": Value("bool"), "prune_reason": Value("string")}
 
@@ -239,7 +241,7 @@ def compute_class_confidence(
     own, labels = [], []
     for start in tqdm(range(0, len(data), batch_size), desc="Psi (class confidence)"):
         batch = data[start : start + batch_size]
-        x = torch.stack([transform(img.convert("RGB")) for img in batch["image"]]).to(device, dtype)
+        x = torch.stack([transform(to_rgb(img)) for img in batch["image"]]).to(device, dtype)
         y = torch.as_tensor(batch["label"], device=device)
         probs = model(x).softmax(-1)
         own.append(probs[torch.arange(len(y), device=device), y].float().cpu().numpy())
@@ -344,8 +346,8 @@ def _prepare_rows(model, originals, edits, masks, example_ids) -> tuple[torch.Te
                 f"row {example_id}: original {original.size}, edit {edit.size} and mask {mask.size} must have "
                 "the same size (the inpainting stage returns edits at the original's size)"
             )
-    x = torch.stack([to_image(img.convert("RGB")) for img in originals]).to(device, dtype)
-    x_edit = torch.stack([to_image(img.convert("RGB")) for img in edits]).to(device, dtype)
+    x = torch.stack([to_image(to_rgb(img)) for img in originals]).to(device, dtype)
+    x_edit = torch.stack([to_image(to_rgb(img)) for img in edits]).to(device, dtype)
     m = torch.stack([to_mask(mask) for mask in masks]).to(device, dtype)
     return x, x_edit, m
 
@@ -360,10 +362,11 @@ def _mask_column(columns) -> str:
 def score_batch(
     batch: dict, *, model: torch.nn.Module, config: PruningConfig, Psi: Sequence[float], device=None
 ) -> dict:
-    """Stage function: ``psi``, ``rho``, ``psi_threshold`` and ``ig_target`` for each row.
+    """Stage function: ``psi``, ``rho``, ``psi_threshold``, ``ig_target`` and ``score_status`` for each row.
 
     All edits of the batch are scored in one batched IG call. Rows without an edit
-    (``generated`` is None: generation failed or was skipped) get NaN scores.
+    (``generated`` is None: generation failed or was skipped) get NaN scores and the
+    status "not_generated"; scored rows "ok".
     ``device`` defaults to the model's; the model must be in eval mode.
     """
     _require_eval(model)
@@ -406,7 +409,26 @@ def score_batch(
         "rho": rho,
         "psi_threshold": [float(Psi[s]) for s in sources],
         "ig_target": [int(t) for t in ig_targets],
+        "score_status": ["ok" if batch["generated"][k] is not None else NOT_GENERATED for k in range(n)],
     }
+
+
+def failed_rows(batch: dict, reasons: Sequence[str], *, config: PruningConfig, Psi: Sequence[float], **_) -> dict:
+    """Score columns of rows whose images cannot be read: NaN scores, the reason as status."""
+    sources = list(batch["label"])
+    ig_targets = batch["target_label"] if config.ig_target == "target" else sources
+    return {
+        "psi": [math.nan] * len(sources),
+        "rho": [math.nan] * len(sources),
+        "psi_threshold": [float(Psi[s]) for s in sources],
+        "ig_target": [int(t) for t in ig_targets],
+        "score_status": list(reasons),
+    }
+
+
+def image_guard(columns) -> ImageGuard:
+    """The source, the edit and its mask are decoded row by row; an unreadable one fails its row."""
+    return ImageGuard(columns=("image", "generated", _mask_column(columns)), required=("image",), fail=failed_rows)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -463,6 +485,7 @@ def score_edits(
         fn_kwargs={"model": model, "config": config, "Psi": Psi},
         batch_size=config.batch_size,
         fingerprint_parts=[model_fingerprint or weights_fingerprint(model), Psi],
+        guard=image_guard(dataset.column_names),
     )
     if output_dir is not None:
         return run_resumable(
@@ -503,13 +526,20 @@ def prune_reason(
     return ";".join(reasons)
 
 
-def _verdict_batch(psi, rho, source_column, target, status=None, *, P, Psi, psi_rule):
-    # source_column holds Psi of the source class, or the source label when Psi is given.
+def _verdict_batch(psi, rho, source_column, target, *statuses, P, Psi, psi_rule, status_columns=()):
+    # source_column holds Psi of the source class, or the source label when Psi is given;
+    # statuses are the columns named by status_columns (those the scored dataset has).
     Psi_source = source_column if Psi is None else [Psi[y] for y in source_column]
+    named = dict(zip(status_columns, statuses))
+    status = named.get("generation_status")
     generated = [None] * len(psi) if status is None else [s == GENERATED_OK for s in status]
     reasons = [
         prune_reason(*row, P[t], psi_rule, edited) for *row, t, edited in zip(psi, rho, Psi_source, target, generated)
     ]
+    # A row whose images the scoring could not read carries that reason ("failed: unreadable ...").
+    for k, score_status in enumerate(named.get("score_status") or ()):
+        if score_status and score_status.startswith("failed"):
+            reasons[k] = score_status
     return {"keep": [r == "" for r in reasons], "prune_reason": reasons}
 
 
@@ -532,7 +562,8 @@ def apply_thresholds(
     class) defaults to the ``psi_threshold`` column saved with the scores. Reasons:
     "" (kept), "psi>=Psi", "rho<=P", "psi>=Psi;rho<=P", "not_generated" (no edit),
     "nonfinite_score" (an edit whose psi or rho is NaN or infinite; rows with
-    ``generation_status`` "ok" count as edited).
+    ``generation_status`` "ok" count as edited), or the ``score_status`` of a row whose
+    images the scoring could not read ("failed: unreadable generated: ...").
     Existing ``keep`` / ``prune_reason`` columns are replaced.
     """
     needed = ["psi", "rho", "target_label", "label" if Psi is not None else "psi_threshold"]
@@ -544,12 +575,12 @@ def apply_thresholds(
         if len(Psi) != num_classes:
             raise ValueError(f"Psi has {len(Psi)} values but there are {num_classes} classes")
     scored = scored.remove_columns([c for c in VERDICT_FEATURES if c in scored.column_names])
+    status_columns = [c for c in ("generation_status", "score_status") if c in scored.column_names]
     return scored.map(
         _verdict_batch,
         batched=True,
-        input_columns=["psi", "rho", "psi_threshold" if Psi is None else "label", "target_label"]
-        + (["generation_status"] if "generation_status" in scored.column_names else []),
-        fn_kwargs={"P": P, "Psi": Psi, "psi_rule": psi_rule},
+        input_columns=["psi", "rho", "psi_threshold" if Psi is None else "label", "target_label", *status_columns],
+        fn_kwargs={"P": P, "Psi": Psi, "psi_rule": psi_rule, "status_columns": status_columns},
         features=with_new_features(scored, VERDICT_FEATURES),
         new_fingerprint=stage_fingerprint(
             "pruning-thresholds", {"P": P, "psi_rule": psi_rule, "Psi": Psi}, scored._fingerprint
@@ -609,7 +640,7 @@ def ig_heatmap(
                 f"image is {image.size[0]}x{image.size[1]} but attributions are {a.shape[1]}x{a.shape[0]}; "
                 "pass the edit through geometric_transform(model) first"
             )
-        base = np.asarray(image.convert("RGB"), np.float64) / 255.0
+        base = np.asarray(to_rgb(image), np.float64) / 255.0
         opacity = alpha * np.abs(normed)[..., None]
         colours = (1 - opacity) * base + opacity * colours
     return Image.fromarray(np.round(colours * 255).astype(np.uint8), mode="RGB")
@@ -645,7 +676,7 @@ def explain_edit(
         config,
     )
     attributions = attributions[0].detach().float().cpu().numpy()
-    shown = geometric_transform(model)(edit.convert("RGB"))
+    shown = geometric_transform(model)(to_rgb(edit))
     return {
         "psi": float(psi[0]),
         "rho": float(rho[0]),

@@ -12,6 +12,8 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 from PIL import Image, ImageDraw
 
+from .accounting import data_accounting
+from .images import to_rgb
 from .metrics import format_group_table
 from .stages import write_text_atomic
 
@@ -80,6 +82,14 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
         "counts": direction_counts(pruned) if pruned is not None else None,
         "pruning": pruning_counts(pruned) if pruned is not None else None,
         "synthetic_rows": len(augmented["synthetic"]),
+        # Every row in of each stage: ok (kept / pruned) or failed with its reason; see dbb_hf.accounting.
+        "accounting": {
+            "data": data_accounting(
+                {s: len(augmented[s]) for s in ("train", "validation", "test") if s in augmented},
+                info.get("dropped_images") or [],
+            ),
+            **(info.get("accounting") or {}),
+        },
         "Psi": info.get("Psi"),
         "P": list(configs["pruning"].P) if isinstance(configs["pruning"].P, (list, tuple)) else configs["pruning"].P,
         "selection_purity": info.get("purity"),
@@ -141,6 +151,20 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
+def _accounting_markdown(accounting: dict) -> list[str]:
+    """Rows dropped at load, and the one outcome of every selected row (kept, pruned, or the stage that failed it)."""
+    lines = []
+    dropped = {split: c["failed"] for split, c in accounting.get("data", {}).items() if c["failed"]}
+    if dropped:
+        lines += [f"Rows dropped at load for an unreadable image (listed in dropped_images.json): {dropped}.", ""]
+    if accounting.get("outcomes"):
+        lines += ["## Outcome of every selected row", "", "| direction | outcome | rows |", "|---|---|---|"]
+        for direction, counts in accounting["outcomes"].items():
+            lines += [f"| {direction} | {outcome} | {n} |" for outcome, n in sorted(counts.items())]
+        lines.append("")
+    return lines
+
+
 def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool = False) -> str:
     lines = [
         "# dbb_hf run report",
@@ -162,6 +186,7 @@ def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool
             lines.append(f"| {direction} | {c['selected']} | {c['masked']} | {c['generated']} | {c['kept']} | {c['pruned']} |")
         lines.append("")
     lines += [f"Psi (per source class): {report['Psi']}; P (per target class): {report['P']}", ""]
+    lines += _accounting_markdown(report.get("accounting") or {})
     if report.get("pruning"):
         lines += _pruning_markdown(report["pruning"], has_pruned_grid)
     lines += ["## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
@@ -194,7 +219,7 @@ def _pruning_markdown(pruning: dict, has_pruned_grid: bool) -> list[str]:
 
 
 def _tile(image: Image.Image) -> Image.Image:
-    return image.convert("RGB").resize((TILE, TILE), Image.NEAREST)
+    return to_rgb(image).resize((TILE, TILE), Image.NEAREST)
 
 
 def edit_grid(pruned: Dataset, model, pruning_config, num_examples: int) -> Image.Image | None:

@@ -30,7 +30,8 @@ from datasets import Sequence as SequenceFeature
 from .checks import check_label_values, require_columns
 from .data.common import group_names
 from .modeling import data_config, eval_transform
-from .stages import apply_stage
+from .images import to_rgb
+from .stages import ImageGuard, apply_stage
 
 ERM_FEATURES = {"erm_loss": Value("float32"), "erm_probs": SequenceFeature(Value("float32"))}
 TI_SOURCES = ("train_high_loss", "validation_group")
@@ -134,7 +135,7 @@ def score_batch(batch: dict, *, model: torch.nn.Module, transform, device) -> di
         raise ValueError("score_batch needs the model in eval mode (model.eval()): dropout and batch-norm "
                          "batch statistics would make each image's loss depend on its batch")
     pixels = torch.stack([
-        transform(image if image.mode == "RGB" else image.convert("RGB")) for image in batch["image"]
+        transform(to_rgb(image)) for image in batch["image"]
     ]).to(device)
     labels = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
     with torch.inference_mode():
@@ -196,6 +197,9 @@ def score_dataset(
         fingerprint_parts=[model_id or model_fingerprint(model)],
         cache_dir=cache_dir,
         desc="ERM scoring",
+        # Scores feed Psi and the selection: an unreadable image is an error naming its row
+        # (the loaders' image check finds them all before training), not a silent gap.
+        guard=ImageGuard(columns=("image",)),
     )
 
 

@@ -16,11 +16,14 @@ import json
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from datasets import Dataset, DatasetDict, Features, concatenate_datasets, load_from_disk
+from datasets import Dataset, DatasetDict, Features, Image, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
+
+from .images import UnreadableImageError, decode_image
 
 STAGE_INFO = "stage.json"
 
@@ -73,18 +76,96 @@ def with_new_features(dataset: Dataset, new_features: Mapping) -> Features:
     return features
 
 
-def map_new_columns(dataset: Dataset, function: Callable, *, new_features: Mapping, **map_kwargs) -> Dataset:
+@dataclass(frozen=True)
+class ImageGuard:
+    """How a stage treats rows whose images cannot be decoded.
+
+    ``columns``: the Image columns the stage reads; they are decoded row by row (not by
+    ``datasets`` for the whole batch), so one corrupt file fails its own row only. Other
+    Image columns reach the stage undecoded (``{"bytes", "path"}``).
+    ``required``: those of them that must not be empty. ``fail(rows, reasons, **fn_kwargs)``
+    returns the stage's new columns for the failed rows, the reason (``"failed:
+    unreadable image: <error>"``) in the stage's status column; with ``fail=None`` the
+    stage raises an error naming the rows instead.
+    """
+
+    columns: tuple[str, ...]
+    required: tuple[str, ...] = ("image",)
+    fail: Callable | None = None
+
+
+class UnreadableRowsError(ValueError):
+    """Rows whose images cannot be decoded, in a stage that cannot record per-row failures."""
+
+
+def _take(batch: dict, rows: Sequence[int]) -> dict:
+    return {name: [values[i] for i in rows] for name, values in batch.items()}
+
+
+def guarded(function: Callable, guard: ImageGuard) -> Callable:
+    """``function`` (a batched map function) run on the readable rows only; see :class:`ImageGuard`."""
+
+    def run(batch: dict, **kwargs) -> dict:
+        size = len(next(iter(batch.values())))
+        reasons: list[str | None] = [None] * size
+        batch = dict(batch)
+        for column in (c for c in guard.columns if c in batch):
+            values = list(batch[column])
+            for i, value in enumerate(values):
+                if reasons[i] is not None:
+                    continue
+                if value is None:
+                    if column in guard.required:
+                        reasons[i] = f"failed: missing {column}"
+                    continue
+                try:
+                    values[i] = decode_image(value)
+                except UnreadableImageError as error:
+                    reasons[i] = f"failed: unreadable {column}: {error}"
+            batch[column] = values
+        failed = [i for i, r in enumerate(reasons) if r is not None]
+        if not failed:
+            return function(batch, **kwargs)
+        if guard.fail is None:
+            ids = batch.get("example_id") or [f"row {i} of the batch" for i in range(size)]
+            raise UnreadableRowsError("; ".join(f"{ids[i]}: {reasons[i]}" for i in failed))
+        ok = [i for i, r in enumerate(reasons) if r is None]
+        parts = [(failed, guard.fail(_take(batch, failed), [reasons[i] for i in failed], **kwargs))]
+        if ok:
+            parts.append((ok, function(_take(batch, ok), **kwargs)))
+        out = {name: [None] * size for name in parts[0][1]}
+        for rows, columns in parts:
+            for name, values in columns.items():
+                for i, value in zip(rows, values):
+                    out[name][i] = value
+        return out
+
+    return run
+
+
+def map_new_columns(
+    dataset: Dataset, function: Callable, *, new_features: Mapping, guard: ImageGuard | None = None, **map_kwargs
+) -> Dataset:
     """``dataset`` with the columns that ``function`` returns, computed by a batched ``map``.
 
     The map writes only the new columns and the input columns are joined back untouched.
     A batched map that reads a column writes it back from its decoded values: every image
     the function reads would be encoded again (time spent for nothing, and JPEG images
     re-compressed with loss). A new column with an input column's name replaces it in place.
+    With ``guard`` the images it names are decoded row by row (:func:`guarded`).
     """
-    new = dataset.map(
+    source = dataset
+    if guard is not None:
+        function = guarded(function, guard)
+        # datasets would decode every image of the batch, including columns the stage never
+        # reads (a corrupt one would fail the whole batch): none is decoded but the guard's.
+        for column, feature in dataset.features.items():
+            if isinstance(feature, Image) and feature.decode:
+                source = source.cast_column(column, Image(decode=False))
+    new = source.map(
         function,
         batched=True,
-        remove_columns=dataset.column_names,
+        remove_columns=source.column_names,
         features=Features(new_features),
         **map_kwargs,
     )
@@ -107,6 +188,7 @@ def apply_stage(
     fingerprint_parts: Sequence[Any] = (),
     cache_dir: str | os.PathLike | None = None,
     desc: str | None = None,
+    guard: ImageGuard | None = None,
 ) -> Dataset:
     """Run a stage with ``datasets.map``: batched, explicit features, explicit fingerprint.
 
@@ -128,6 +210,7 @@ def apply_stage(
         cache_file_name=cache_file_name,
         load_from_cache_file=True,
         desc=desc or stage,
+        guard=guard,
     )
 
 
@@ -146,6 +229,7 @@ def run_resumable(
     process_index: int = 0,
     num_processes: int = 1,
     wait_for_everyone: Callable[[], None] | None = None,
+    guard: ImageGuard | None = None,
 ) -> Dataset:
     """Run a stage shard by shard, saving each finished shard, and return all rows in order.
 
@@ -178,6 +262,7 @@ def run_resumable(
             # One shard's new columns in memory, written once below; otherwise datasets
             # also writes them to a cache file beside the input dataset's own files.
             keep_in_memory=True,
+            guard=guard,
         )
         tmp = shards_dir / f".tmp-{k:05d}-{process_index}"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -35,6 +35,7 @@ from datasets import Dataset, Features, Value, concatenate_datasets
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .images import to_rgb
 from .metrics import group_metrics
 from .modeling import ClassifierConfig, create_classifier, eval_transform, save_classifier, train_transform
 from .stages import replace_folder, write_text_atomic
@@ -132,7 +133,7 @@ def dbb_loss(logits: torch.Tensor, labels: torch.Tensor, direction: torch.Tensor
 
 def _batch_transform(transform):
     def apply(batch):
-        out = {"pixel_values": [transform(img.convert("RGB")) for img in batch["image"]]}
+        out = {"pixel_values": [transform(to_rgb(img)) for img in batch["image"]]}
         for key in ("label", "group", "direction"):
             if key in batch:
                 out[key] = batch[key]

@@ -35,7 +35,7 @@ EXPECTED = {
         r"pixels outside the mask unchanged: True",
     ],
     "07_pruning.py": [
-        r"pruning columns: \['psi', 'rho', 'psi_threshold', 'ig_target', 'keep', 'prune_reason'\]",
+        r"pruning columns: \['psi', 'rho', 'psi_threshold', 'ig_target', 'score_status', 'keep', 'prune_reason'\]",
         r"P=0: kept \d+ of 64",
     ],
     "08_retraining.py": [r"synthetic: \d+ kept edits of 64", r"erm: test worst-group", r"retrained: test worst-group"],

@@ -150,7 +150,7 @@ def test_rho_and_psi_match_the_closed_form_of_a_linear_model(ig_target):
     data = edit_rows(n=4, missing=(1,))
     config = PruningConfig(n_steps=8, ig_target=ig_target, batch_size=4)
     out = score_batch(data[:], model=model, config=config, Psi=PSI)
-    assert set(out) == {"psi", "rho", "psi_threshold", "ig_target"}
+    assert set(out) == {"psi", "rho", "psi_threshold", "ig_target", "score_status"}
     for k in range(4):
         row = data[k]
         explained = row["target_label"] if ig_target == "target" else row["label"]
@@ -158,6 +158,7 @@ def test_rho_and_psi_match_the_closed_form_of_a_linear_model(ig_target):
         assert out["psi_threshold"][k] == PSI[row["label"]]
         if row["generated"] is None:
             assert math.isnan(out["psi"][k]) and math.isnan(out["rho"][k])
+            assert out["score_status"][k] == "not_generated"
             continue
         expected = closed_form(model, row["image"], row["generated"], row["generated_mask"], explained)
         assert out["rho"][k] == pytest.approx(expected, rel=1e-4, abs=1e-4)
@@ -330,7 +331,8 @@ def test_score_edits_accounts_for_every_row_and_reuses_its_cache(tmp_path):
     scored = score_edits(data, model, config, Psi=PSI, cache_dir=tmp_path / "cache")
     assert len(scored) == len(data)
     assert scored["example_id"] == data["example_id"]
-    assert set(data.column_names) | {"psi", "rho", "psi_threshold", "ig_target"} == set(scored.column_names)
+    assert set(data.column_names) | {"psi", "rho", "psi_threshold", "ig_target", "score_status"} == set(
+        scored.column_names)
     assert scored.features["psi"] == Value("float32") and scored.features["ig_target"] == Value("int32")
     rho = np.array(scored["rho"], dtype=float)
     assert np.isnan(rho[[1, 3]]).all() and np.isfinite(rho[[0, 2, 4]]).all()
