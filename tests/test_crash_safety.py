@@ -12,6 +12,7 @@ kill points.
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from datasets import load_from_disk
+from datasets import Dataset, load_from_disk
 from safetensors import safe_open
+
+from dbb_hf.stages import finish_interrupted_save, load_stage_output, save_stage_output
 
 RUNNER = Path(__file__).with_name("crash_runner.py")
 VOLATILE_REPORT_KEYS = ("timings_seconds", "reused_stages")
@@ -162,16 +165,59 @@ OTHER_BATCHING = [
 ]
 
 
-def test_same_seed_and_config_give_identical_artifacts_whatever_the_batching(reference):
-    tmp, models, ref_out, expected = reference
-    again, rebatched = tmp / "again", tmp / "rebatched"
-    statuses = run_plan(tmp, models, [{"out": str(again)}, {"out": str(rebatched), "flags": OTHER_BATCHING}])
-    assert [finished_ok(s) for s in statuses] == [True, True]
-    assert file_hashes(again) == file_hashes(ref_out)
-    assert_same_artifacts(artifacts(again), expected)
+@pytest.fixture(scope="module")
+def more_runs(reference):
+    """From one runner process: the same config again, other batching, and a copy of the
+    reference rerun with another retraining config (one epoch instead of two)."""
+    tmp, models, ref_out, _ = reference
+    runs = {"again": tmp / "again", "rebatched": tmp / "rebatched", "changed": tmp / "changed"}
+    shutil.copytree(ref_out, runs["changed"])
+    statuses = run_plan(tmp, models, [
+        {"out": str(runs["again"])},
+        {"out": str(runs["rebatched"]), "flags": OTHER_BATCHING},
+        {"out": str(runs["changed"]), "flags": ["--retraining_num_epochs", "1"]},
+    ])
+    assert [finished_ok(s) for s in statuses] == [True, True, True]
+    return runs
+
+
+def test_same_seed_and_config_give_bit_identical_artifacts(reference, more_runs):
+    _, _, ref_out, expected = reference
+    assert file_hashes(more_runs["again"]) == file_hashes(ref_out)
+    assert_same_artifacts(artifacts(more_runs["again"]), expected)
+
+
+def test_batch_and_shard_sizes_do_not_change_the_results(reference, more_runs):
     # A CPU convolution's result depends on the batch it is computed in by float rounding
     # (oneDNN blocks the work by batch size: ~1e-8 on a logit), so psi and rho (integrated
     # gradients: the scaled inputs are chunked by internal_batch_size) match to rounding;
     # every decision made from them (kept or pruned, why) and every image, label and weight
     # is identical.
-    assert_same_artifacts(artifacts(rebatched), expected, rounding=("psi", "rho"))
+    assert_same_artifacts(artifacts(more_runs["rebatched"]), reference[3], rounding=("psi", "rho"))
+
+
+def test_a_changed_config_never_resumes_from_another_configs_checkpoints(more_runs):
+    # The copied folder holds the two-epoch retraining's checkpoints; the one-epoch run
+    # must train afresh, not resume from them (which would end at once, keeping the old model).
+    retrained = more_runs["changed"] / "retrained"
+    assert json.loads((retrained / "model" / "dbb_hf.json").read_text())["training"]["num_epochs"] == 1
+    assert sorted(p.name for p in (retrained / "checkpoints").iterdir()) == ["epoch_1"]
+    report = json.loads((more_runs["changed"] / "report.json").read_text())
+    assert "retrained" not in report["reused_stages"] and "erm" in report["reused_stages"]
+
+
+def test_a_save_stopped_between_its_renames_is_completed_not_recomputed(tmp_path):
+    stage_dir = tmp_path / "generation"
+    save_stage_output(stage_dir, Dataset.from_dict({"x": [1, 2]}), "old")
+    # Killed in save_stage_output after moving the old output away, before moving the new in.
+    tmp, old = tmp_path / ".generation.tmp", tmp_path / ".generation.old"
+    Dataset.from_dict({"x": [3, 4, 5]}).save_to_disk(tmp)
+    (tmp / "stage.json").write_text(json.dumps({"fingerprint": "new"}))
+    os.replace(stage_dir, old)
+    finish_interrupted_save(stage_dir)
+    assert load_stage_output(stage_dir, "new")["x"] == [3, 4, 5]
+    assert not tmp.exists() and not old.exists()
+    # A temporary folder without its stage.json is incomplete: deleted, the output kept.
+    Dataset.from_dict({"x": [6]}).save_to_disk(tmp)
+    finish_interrupted_save(stage_dir)
+    assert load_stage_output(stage_dir, "new")["x"] == [3, 4, 5] and not tmp.exists()
