@@ -11,3 +11,6 @@ from __future__ import annotations
 import os
 
 PRIOR_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prior")
+# The independent judge of the quality gates and the tests: a small timm classifier
+# trained on balanced toy data (benchmarks/miniature_gates.py --train_oracle).
+ORACLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle")
