@@ -109,3 +109,20 @@ def check_labelled(dataset: Dataset, *, what: str, split: Optional[str] = None,
     require_columns(dataset, [*required, *labels], what, split=split)
     for column in labels:
         check_label_values(dataset, column, what=what, split=split)
+
+
+def check_classifier_classes(model, names: Sequence[str], *, what: str) -> None:
+    """Raise unless the classifier has one output per class and (when saved by dbb_hf) the same class names."""
+    model = getattr(model, "module", model)
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is not None and num_classes != len(names):
+        raise DatasetFormatError(
+            f"{what}: the classifier has {num_classes} outputs but the dataset's label has {len(names)} classes "
+            f"{list(names)}"
+        )
+    model_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    if model_names is not None and list(model_names) != list(names):
+        raise DatasetFormatError(
+            f"{what}: the classifier was trained on classes {list(model_names)}, the dataset has {list(names)}; "
+            "they must be the same classes in the same order"
+        )

@@ -209,8 +209,9 @@ def mask_main(argv: list[str]) -> int:
 
     io, d, config, _ = parse_sections({}, [StageIO, DeviceArg, MaskingConfig], argv)
     dataset = _load_input(io)
+    prompts = _prompts(dataset, io)  # checked before any model is loaded
     models = None if config.backend == "column" else load_masking_models(config, d.device)
-    _save_output(run_masking(dataset, config, class_names=_prompts(dataset, io), models=models, device=d.device), io)
+    _save_output(run_masking(dataset, config, class_names=prompts, models=models, device=d.device), io)
     return 0
 
 
@@ -227,6 +228,7 @@ def inpaint_main(argv: list[str]) -> int:
 
     io, args, config, _ = parse_sections({}, [StageIO, InpaintArgs, InpaintingConfig], argv)
     dataset = _load_input(io)
+    prompts = _prompts(dataset, io)  # checked before any model is loaded
     pipe = donors = tokens = None
     if config.backend == "diffusers":
         if args.tokens_dir is None:
@@ -236,7 +238,7 @@ def inpaint_main(argv: list[str]) -> int:
         tokens = _tokens_by_class(args.tokens_dir, dataset.features["label"].names)
     else:
         donors = prepare_donors(dataset)
-    result = run_inpainting(dataset, config, pipe=pipe, donors=donors, class_names=_prompts(dataset, io), tokens=tokens)
+    result = run_inpainting(dataset, config, pipe=pipe, donors=donors, class_names=prompts, tokens=tokens)
     _save_output(result, io)
     return 0
 

@@ -435,7 +435,7 @@ def run_inpainting(
                 f"the diffusers backend needs class_names= and tokens=, one per class; got class_names={class_names} "
                 f"and tokens={tokens}"
             )
-        label = dataset.features["label"]
+        label = dataset.features.get("label")
         if getattr(label, "names", None) is not None and len(label.names) != len(tokens):
             raise ValueError(
                 f"the dataset has {len(label.names)} classes {label.names} but {len(tokens)} tokens {list(tokens)} "

@@ -51,7 +51,7 @@ from PIL import Image
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from .checks import check_label_values, require_columns
+from .checks import check_classifier_classes, check_label_values, require_columns
 from .data.common import DatasetFormatError
 from .images import to_rgb
 from .modeling import data_config, geometric_transform
@@ -472,6 +472,8 @@ def score_edits(
     for column in ("label", "target_label"):
         if isinstance(dataset.features[column], ClassLabel):
             check_label_values(dataset, column, what="pruning")
+    if isinstance(dataset.features["label"], ClassLabel):
+        check_classifier_classes(model, dataset.features["label"].names, what="pruning")
     if len(dataset) and max(dataset.unique("label")) >= len(Psi):
         raise ValueError(f"Psi has {len(Psi)} class confidences but the edits' source labels go up to "
                          f"{max(dataset.unique('label'))}")

@@ -24,10 +24,10 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import ClassLabel, Dataset, Features, Value
+from datasets import ClassLabel, Dataset, Value
 from datasets import Sequence as SequenceFeature
 
-from .checks import check_label_values, require_columns
+from .checks import check_classifier_classes, check_label_values, require_columns
 from .data.common import group_names
 from .modeling import data_config, eval_transform
 from .images import to_rgb
@@ -149,18 +149,6 @@ def _require_columns(dataset: Dataset, columns: Sequence[str], what: str, hint: 
     require_columns(dataset, columns, what, hint=hint)
 
 
-def _check_classifier_matches(model: torch.nn.Module, features: Features) -> None:
-    names = features["label"].names
-    num_classes = getattr(model, "num_classes", None)
-    if num_classes is not None and num_classes != len(names):
-        raise ValueError(
-            f"the classifier has {num_classes} outputs but the dataset's label has {len(names)} classes {names}"
-        )
-    model_names = getattr(model, "pretrained_cfg", {}).get("label_names")
-    if model_names is not None and list(model_names) != list(names):
-        raise ValueError(f"the classifier was trained on classes {list(model_names)}, the dataset has {names}")
-
-
 def score_dataset(
     dataset: Dataset,
     model: torch.nn.Module,
@@ -181,7 +169,7 @@ def score_dataset(
     if not isinstance(dataset.features["label"], ClassLabel):
         raise ValueError(f"score_dataset needs `label` to be a ClassLabel, got {dataset.features['label']}")
     check_label_values(dataset, "label", what="score_dataset")
-    _check_classifier_matches(model, dataset.features)
+    check_classifier_classes(model, dataset.features["label"].names, what="score_dataset")
     if device is not None:
         model.to(device)
     model.eval()

@@ -202,8 +202,11 @@ def predict(model, loader, accelerator: Accelerator | None = None, desc: str = "
 
 def evaluate_split(model, dataset: Dataset, *, batch_size=128, num_workers=0, accelerator=None, train_group_counts=None):
     """Worst-group metrics of ``model`` on ``dataset`` (deterministic evaluation preprocessing)."""
+    from .checks import check_classifier_classes, check_labelled
     from .data.common import group_names
 
+    check_labelled(dataset, what="evaluation", required=["image"])
+    check_classifier_classes(model, dataset.features["label"].names, what="evaluation")
     loader = make_loader(dataset, eval_transform(_unwrap(model)), batch_size, shuffle=False, num_workers=num_workers)
     if accelerator is not None:
         loader = accelerator.prepare(loader)

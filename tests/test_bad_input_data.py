@@ -422,3 +422,38 @@ def test_an_unreachable_model_of_a_later_stage_fails_before_erm(tiny_sd, tmp_pat
     with pytest.raises(HubUnreachableError, match=r"inpainting model \(inpainting.model_id\) " + UNREACHABLE.format("v3")):
         pipeline()
     assert not (tmp_path / "run" / "erm").exists()
+
+
+def test_a_classifier_for_other_classes_is_refused_by_every_stage_that_uses_it(toy):
+    from dbb_hf.pruning import PruningConfig, score_edits
+    from dbb_hf.training import evaluate_split
+
+    other = create_classifier(CLASSIFIER, num_classes=2).eval()
+    other.pretrained_cfg = dict(other.pretrained_cfg, label_names=["cat", "dog"])
+    edits = toy["train"].select(range(2)).map(
+        lambda b: {"generated": b["image"], "target_label": [1 - y for y in b["label"]]}, batched=True)
+    for call in (lambda: score_dataset(toy["train"], other), lambda: evaluate_split(other, toy["test"]),
+                 lambda: score_edits(edits, other, PruningConfig(), Psi=[0.9, 0.9])):
+        with pytest.raises(DatasetFormatError, match=r"trained on classes \['cat', 'dog'\], the dataset has \['horiz"):
+            call()
+
+
+def test_stage_commands_check_their_input_first(toy, tmp_path):
+    from dbb_hf.cli import main
+
+    train = str(tmp_path / "train")
+    toy["train"].save_to_disk(train)
+    with pytest.raises(DatasetFormatError, match=r"select_lowest_loss needs column\(s\) \['erm_loss'\]"):
+        main(["select", "--input", train, "--output", str(tmp_path / "selected")])
+    with pytest.raises(ValueError, match=r"class_prompts has 3 entries \['a', 'b', 'c'\] but the dataset has 2"):
+        main(["mask", "--input", train, "--output", str(tmp_path / "m"), "--class_prompts", "a", "b", "c"])
+    with pytest.raises(HubUnreachableError, match="augmented dataset " + UNREACHABLE.format("main")):
+        main(["retrain", "--augmented", "no-such-user/no-such-dataset"])
+    assert not (tmp_path / "selected").exists() and not (tmp_path / "m").exists()
+
+
+def test_an_unreachable_erm_model_fails_before_any_stage(tmp_path):
+    pipeline = make_pipeline(tmp_path, run={"erm_model": f"hf-hub:{MISSING}"})
+    with pytest.raises(HubUnreachableError, match="classifier " + UNREACHABLE.format("main")):
+        pipeline()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == ["data"]
