@@ -317,18 +317,19 @@ class Pipeline:
             fp_aug = stage_fingerprint("augmented", info["fingerprint"], fp_data)
             augmented = self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned))
         info["dropped_images"] = self.dropped_images(fp_data)
-        retrained_dir, fp_retrained = self.retrain(augmented, erm_dir, fp_aug)
+        retrained_dir, fp_retrained = self.retrain(augmented, erm_dir, fp_aug, fp_erm)
         fp_report = stage_fingerprint(
             "report", self.run.num_grid_examples, fp_data, fp_erm, fp_retrained, info.get("fingerprint")
         )
         return self.report(dataset, augmented, pruned, erm_dir, retrained_dir, info, fp_report)
 
-    def retrain(self, augmented: DatasetDict, erm_dir: str, fp_aug: str) -> tuple[str, str]:
+    def retrain(self, augmented: DatasetDict, erm_dir: str, fp_aug: str, fp_erm: str) -> tuple[str, str]:
         start = time.perf_counter()
         config = dataclasses.replace(self.configs["retraining"], output_dir=str(self.out / "retrained"))
         fp = stage_fingerprint(
             "retrained", [self.configs["classifier"], dataclasses.replace(config, output_dir="")],
-            fp_aug, erm_dir if self.run.retrain_from_erm else None,
+            # The ERM model by fingerprint, not by path: a run folder moved elsewhere is reused.
+            fp_aug, fp_erm if self.run.retrain_from_erm else None,
         )
         if self._claim("retrained", fp):
             self.reused.append("retrained")

@@ -80,6 +80,13 @@ def test_rerun_reuses_every_stage(finished):
         assert report[model] == first[model]
 
 
+def test_a_moved_run_folder_is_reused(finished, tmp_path):
+    out = tmp_path / "moved"
+    shutil.copytree(finished[0], out)
+    report = _run(out)
+    assert {"erm", "generation", "pruning", "retrained", "evaluation"} <= set(report["reused_stages"])
+
+
 def test_changed_threshold_recomputes_only_downstream(finished, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(finished[0], out)
