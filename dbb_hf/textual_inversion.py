@@ -48,6 +48,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .images import to_rgb
 from .state_files import load_state_file, save_state_file
 
 EMBEDS_NAME = "learned_embeds.safetensors"
@@ -211,7 +212,7 @@ def _as_pil_list(images) -> list[Image.Image]:
     for index, image in enumerate(images):
         if not isinstance(image, Image.Image):
             raise ValueError(f"image {index} is a {type(image).__name__}, expected a PIL image")
-    return [image.convert("RGB") for image in images]
+    return [to_rgb(image) for image in images]
 
 
 _DATA_STREAM, _NOISE_STREAM, _ORDER_STREAM, _MASK_STREAM = 0, 1, 2, 3

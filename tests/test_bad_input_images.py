@@ -243,6 +243,15 @@ def test_grounded_sam_masks_every_mode_at_its_size(detection):
 # ---------------------------------------------------------------- sizes
 
 
+def test_grounded_sam_masks_tiny_and_huge_images_at_their_size(detection):
+    config, models = detection
+    big = Image.fromarray(np.broadcast_to(np.linspace(0, 255, 4000, dtype=np.uint8)[None, :, None], (3000, 4000, 3)).copy())
+    batch = {"image": [noise(8, 8), big], "label": [0, 1], "example_id": ["tiny", "huge"]}
+    masks = mask_batch(batch, models=models, config=config, class_names=["bar", "bar"])
+    assert [m.size for m in masks["mask"]] == [(8, 8), (4000, 3000)]
+    assert all(status in ("ok", "empty_mask") for status in masks["mask_status"])  # threshold 0: a box each
+
+
 def test_tiny_and_huge_images_go_through_every_stage(tiny_pipe):
     # 8 x 8 is smaller than every model input; 4000 x 3000 (12 MP) much larger. The stage
     # functions are called on batches directly: encoding 12 MP PNGs into Arrow would

@@ -38,6 +38,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import HfArgumentParser
 
+from dbb_hf.images import to_rgb
 from dbb_hf.inpainting import InpaintingConfig, inpaint_batch, load_inpainting_pipeline
 from dbb_hf.masking import OK, MaskingConfig, MaskingModels, load_masking_models, mask_batch
 from dbb_hf.modeling import label_names, load_classifier
@@ -364,7 +365,7 @@ def _class_index(name: str, class_names: list[str], what: str) -> int:
 
 
 def _fit(image: Image.Image, side: int) -> Image.Image:
-    image = image.convert("RGB")
+    image = to_rgb(image)  # 16-bit uploads scaled, not clipped to white
     if max(image.size) <= side:
         return image
     scale = side / max(image.size)
