@@ -17,8 +17,9 @@ PRESETS_DIR = os.path.dirname(__file__)
 DEMO_PRESET = os.path.join(PRESETS_DIR, "demo.yaml")
 DEMO_DIFFUSION_PRESET = os.path.join(PRESETS_DIR, "demo_diffusion.yaml")
 DEMO_GENERATORS = {"compose": (), "diffusion": (DEMO_DIFFUSION_PRESET,)}
-# The generator `dbb-hf demo` uses when --generator is not given.
-DEFAULT_DEMO_GENERATOR = "compose"
+# The generator `dbb-hf demo` uses when --generator is not given: diffusion since the
+# miniature prior passed its quality gates (dbb_hf/miniature/prior/README.md).
+DEFAULT_DEMO_GENERATOR = "diffusion"
 # A preset value standing for the miniature prior shipped in the package.
 MINIATURE_PRIOR = "<miniature-prior>"
 
