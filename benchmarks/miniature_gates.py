@@ -159,6 +159,9 @@ def update_card(prior: str, results: dict, lines) -> None:
         f"{results['guidance_scale']}). Judge: the oracle shipped in `dbb_hf/miniature/oracle` (timm `test_resnet`, "
         f"trained on balanced toy data; {results['oracle_accuracy_on_sources']:.1%} on these unedited sources).",
     ]
+    if "control" in gates:
+        details.append(f"Control, a prompt naming no orientation ({gates['control']['prompts'][0]!r}): "
+                       f"{gates['control']['flip_rate']:.1%} of the edits land in the other class (chance: about 50 %).")
     for gate in ("A", "B"):
         if gate in gates:
             per_group = ", ".join(f"{GROUP_NAMES[g]} {v:.0%}" for g, v in gates[gate]["flip_rate_per_source_group"].items())
@@ -211,6 +214,9 @@ def main(argv=None) -> int:
     if "A" in args.gates or "C" in args.gates:
         measured["A"] = run_gate(dataset, pipe, config, CLASS_WORDS, ["", ""], oracle)
         save_grid(measured["A"].pop("_edited"), os.path.join(output_dir, "gate_a.png"))
+        # Control: a prompt that names no orientation; flips then happen by chance only (~50 %).
+        measured["control"] = run_gate(dataset, pipe, config, ["bar", "bar"], ["", ""], oracle)
+        measured["control"].pop("_edited")
     if "B" in args.gates:
         started = time.time()
         tokens = learn_gate_tokens(os.path.join(output_dir, "tokens"), args.ti_steps, args.seed)
@@ -226,9 +232,12 @@ def main(argv=None) -> int:
     if "B" in args.gates:
         lines.append(("B", "class-flip rate, learned token instead of the class word", measured["B"]["flip_rate"]))
     if "C" in args.gates:
-        rates = [m["outside_unchanged_rate"] for m in measured.values()]
+        rates = [m["outside_unchanged_rate"] for g, m in measured.items() if g in ("A", "B")]
         lines.append(("C", "edits with every pixel outside the mask unchanged", min(rates)))
     print(f"oracle accuracy on the unedited sources: {results['oracle_accuracy_on_sources']:.3f}")
+    if "control" in measured:
+        print(f"control: class-flip rate with no orientation in the prompt {measured['control']['prompts']}: "
+              f"{measured['control']['flip_rate']:.3f} (chance: about 0.5)")
     for gate, what, value in lines:
         verdict = "PASS" if value >= TARGETS[gate] else "FAIL"
         print(f"gate {gate}: {what}: {value:.3f} (target >= {TARGETS[gate]:.2f}) {verdict}")
