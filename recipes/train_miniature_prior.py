@@ -90,6 +90,7 @@ class PriorTrainingConfig:
     checkpointing_steps: int = field(default=250, metadata={"help": "Save a checkpoint every N steps."})
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept."})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)."})
+    grid_images: int = field(default=16, metadata={"help": "Test images in the edits.png grid (0: no grid)."})
     save_dtype: str = field(default="float16", metadata={"help": "dtype of the saved weights (float16 or float32)."})
 
     def __post_init__(self):
@@ -393,12 +394,13 @@ def save_checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
 # ---------------------------------------------------------------------------- export
 
 
-def edit_grid(pipeline_dir: str, path: Path, steps: int = 20, guidance: float = 7.5, seed: int = 0) -> None:
+def edit_grid(pipeline_dir: str, path: Path, count: int = 16, steps: int = 20, guidance: float = 7.5,
+              seed: int = 0) -> None:
     """A PNG grid: test images, their square-box masks, and the edits to the other class."""
     from dbb_hf.data.toy import LABEL_NAMES, ToyConfig, load_toy
     from dbb_hf.inpainting import InpaintingConfig, load_inpainting_pipeline
 
-    test = load_toy(ToyConfig(num_train=4, num_validation=4, num_test=16, seed=seed + 99))["test"]
+    test = load_toy(ToyConfig(num_train=4, num_validation=4, num_test=max(4, count), seed=seed + 99))["test"]
     cfg = InpaintingConfig(model_id=pipeline_dir, resolution=32, num_inference_steps=steps,
                            guidance_scale=guidance, torch_dtype="float32")
     pipe = load_inpainting_pipeline(cfg, device="cpu")
@@ -593,7 +595,8 @@ def main(argv=None) -> int:
     (out / "figures.json").write_text(json.dumps(figures, indent=2))
     log({"stage": "done", **figures})
     write_card(str(export), out)
-    edit_grid(str(export), out / "edits.png")
+    if config.grid_images:
+        edit_grid(str(export), out / "edits.png", count=config.grid_images)
     print(json.dumps(figures, indent=2))
     return 0
 

@@ -23,15 +23,17 @@ VOCABULARY = (
 
 @dataclass
 class PriorArchitecture:
-    vae_channels: tuple[int, ...] = field(default=(16, 32), metadata={"help": "VAE block widths (2 blocks: 2x down)."})
+    vae_channels: list[int] = field(
+        default_factory=lambda: [16, 32], metadata={"help": "VAE block widths (2 blocks: 2x down)."}
+    )
     latent_channels: int = field(default=4, metadata={"help": "VAE latent channels (4, as Stable Diffusion)."})
     text_hidden_size: int = field(default=64, metadata={"help": "Width of the CLIP text encoder."})
     text_layers: int = field(default=2, metadata={"help": "Transformer layers of the CLIP text encoder."})
     text_heads: int = field(default=2, metadata={"help": "Attention heads of the CLIP text encoder."})
     max_prompt_tokens: int = field(default=32, metadata={"help": "Tokenizer model_max_length (prompt length)."})
-    unet_channels: tuple[int, ...] = field(default=(32, 64, 128), metadata={"help": "UNet block widths."})
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128], metadata={"help": "UNet block widths."})
     unet_layers_per_block: int = field(default=1, metadata={"help": "ResNet layers per UNet block."})
-    unet_heads: tuple[int, ...] = field(default=(2, 4, 8), metadata={"help": "Attention heads per UNet block."})
+    unet_heads: list[int] = field(default_factory=lambda: [2, 4, 8], metadata={"help": "Attention heads per UNet block."})
     image_size: int = field(default=32, metadata={"help": "Side of the images the prior is made for."})
 
 
