@@ -187,7 +187,9 @@ class Pipeline:
 
     def train_erm(self, dataset: DatasetDict, fp_data: str) -> tuple[str, str]:
         if self.run.erm_model:
-            return self.run.erm_model, stage_fingerprint("erm-given", self.run.erm_model)
+            return self.run.erm_model, stage_fingerprint(
+                "erm-given", self.run.erm_model, local_models(self.run.erm_model)
+            )
         start = time.perf_counter()
         config = dataclasses.replace(self.configs["erm"], output_dir=str(self.out / "erm"))
         fp = stage_fingerprint("erm", [self.configs["classifier"], dataclasses.replace(config, output_dir="")], fp_data)
@@ -224,12 +226,17 @@ class Pipeline:
         if cfg["inpainting"].backend == "diffusers":
             tokens, fp_tok = self._learn_tokens(dataset, scored, prompts, fp_sel)
 
-        fp_mask = stage_fingerprint("masks", cfg["masking"], prompts, fp_sel)
+        fp_mask = stage_fingerprint(
+            "masks", cfg["masking"], prompts, fp_sel,
+            local_models(cfg["masking"].detector_id, cfg["masking"].segmenter_id),
+        )
         masked = self._cached("masks", fp_mask, lambda d: self._run_masking(selected, prompts, d))
         # Every row in is ok or failed with its reason, none lost or duplicated (raises otherwise).
         accounting = {"masks": account_stage("masks", selected, masked)}
 
-        fp_gen = stage_fingerprint("generation", cfg["inpainting"], prompts, fp_mask, fp_tok)
+        fp_gen = stage_fingerprint(
+            "generation", cfg["inpainting"], prompts, fp_mask, fp_tok, local_models(cfg["inpainting"].model_id)
+        )
         generated = self._cached("generation", fp_gen, lambda d: self._run_generation(masked, prompts, tokens, d))
         accounting["generation"] = account_stage("generation", masked, generated)
 
@@ -249,7 +256,10 @@ class Pipeline:
 
     def _learn_tokens(self, dataset, scored, prompts, fp_sel):
         cfg = self.configs
-        fp = stage_fingerprint("tokens", cfg["textual_inversion"], cfg["selection"], prompts, fp_sel)
+        fp = stage_fingerprint(
+            "tokens", cfg["textual_inversion"], cfg["selection"], prompts, fp_sel,
+            local_models(cfg["textual_inversion"].model_id),
+        )
         ti_rows = self._cached(
             "textual_inversion_images", fp,
             lambda d: self._main_only(d, lambda: select_textual_inversion(scored, dataset["validation"], cfg["selection"])),
@@ -395,6 +405,16 @@ DROPPED_IMAGES = "dropped_images.json"  # rows whose image could not be read, dr
 
 def _saved_fingerprint(path: Path) -> str | None:
     return json.loads(path.read_text()).get("fingerprint") if path.exists() else None
+
+
+def local_models(*model_ids) -> list:
+    """Digests of the model ids that are local folders (None for Hub ids).
+
+    A Hub model is pinned by its id and revision, which the configs hold; a local folder
+    can change in place (a retrained model, or the miniature prior of a newer dbb_hf), so
+    its files' names, sizes and modification times join the fingerprint.
+    """
+    return [source_signature(model_id) for model_id in model_ids]
 
 
 def build_augmented(dataset: DatasetDict, pruned: Dataset) -> DatasetDict:

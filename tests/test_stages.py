@@ -57,3 +57,14 @@ def test_source_signature_follows_the_files(tmp_path):
     assert second != first
     (tmp_path / "images" / "b.jpg").write_bytes(b"22")  # same name, new size
     assert source_signature(tmp_path) != second
+
+
+def test_local_model_folders_join_the_fingerprint(tmp_path):
+    from dbb_hf.pipeline import local_models
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "model.safetensors").write_bytes(b"old")
+    before = local_models(str(tmp_path), "owner/hub-model")
+    assert before[0] is not None and before[1] is None  # Hub ids are pinned by id and revision
+    (tmp_path / "unet" / "model.safetensors").write_bytes(b"newer weights")
+    assert local_models(str(tmp_path), "owner/hub-model") != before
