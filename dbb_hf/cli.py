@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .config import DataConfig, parse_sections
+from .config import DataConfig, parse_sections, pop_flag
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {}
 
@@ -363,16 +363,6 @@ def run_main(argv: list[str]) -> int:
     return 0
 
 
-def _pop_flag(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
-    """Pull ``flag VALUE`` out of argv: (VALUE or None, the other arguments)."""
-    if flag not in argv:
-        return None, argv
-    i = argv.index(flag)
-    if i + 1 >= len(argv):
-        raise SystemExit(f"{flag} needs a value")
-    return argv[i + 1], argv[:i] + argv[i + 2 :]
-
-
 @command(
     "demo",
     "The whole method offline on the embedded toy benchmark; --generator diffusion (textual inversion + "
@@ -381,7 +371,7 @@ def _pop_flag(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
 def demo_main(argv: list[str]) -> int:
     from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS, demo_preset
 
-    generator, argv = _pop_flag(argv, "--generator")
+    generator, argv = pop_flag(argv, "--generator")
     generator = generator or DEFAULT_DEMO_GENERATOR
     if generator not in DEMO_GENERATORS:
         raise SystemExit(f"demo: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")

@@ -84,6 +84,20 @@ def parse_sections(
     return (*plain_out, configs)
 
 
+def pop_flag(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """Pull ``flag VALUE`` out of argv: (VALUE or None, the other arguments).
+
+    For the few flags a command reads itself (``--preset``, ``--generator``) before the
+    rest of argv goes to the section parser.
+    """
+    if flag not in argv:
+        return None, argv
+    i = argv.index(flag)
+    if i + 1 >= len(argv):
+        raise SystemExit(f"{flag} needs a value")
+    return argv[i + 1], argv[:i] + argv[i + 2 :]
+
+
 def load_yaml(path: str) -> dict:
     with open(path) as f:
         data = yaml.safe_load(f) or {}

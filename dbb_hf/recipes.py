@@ -14,18 +14,9 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from .config import load_yaml
+from .config import load_yaml, pop_flag
 
 PRESETS = ("tiny",)
-
-
-def _pop_flag(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
-    if flag not in argv:
-        return None, argv
-    i = argv.index(flag)
-    if i + 1 >= len(argv):
-        raise SystemExit(f"{flag} needs a value")
-    return argv[i + 1], argv[:i] + argv[i + 2 :]
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:
@@ -89,7 +80,7 @@ def run_recipe(recipe_yaml: str, argv: list[str] | None = None) -> int:
     from .cli import run_pipeline
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    preset, argv = _pop_flag(argv, "--preset")
+    preset, argv = pop_flag(argv, "--preset")
     defaults = load_yaml(recipe_yaml)
     if preset is not None:
         if preset not in PRESETS:

@@ -8,11 +8,9 @@ Everything runs offline (HF_HUB_OFFLINE) on the toy benchmark with tiny models.
 from __future__ import annotations
 
 import math
-import os
 
 import datasets
 import huggingface_hub
-import numpy as np
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value

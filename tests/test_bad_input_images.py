@@ -21,7 +21,7 @@ from dbb_hf.cli import run_pipeline
 from dbb_hf.config import DataConfig, load_yaml
 from dbb_hf.data import DatasetFormatError
 from dbb_hf.data.toy import ToyConfig, load_toy
-from dbb_hf.images import UnreadableImageError, decode_image, to_rgb, verify_images
+from dbb_hf.images import UnreadableImageError, decode_image, to_rgb
 from dbb_hf import pruning, selection
 from dbb_hf.inpainting import InpaintingConfig, inpaint_batch, load_inpainting_pipeline, prepare_donors, run_inpainting
 from dbb_hf.masking import MaskingConfig, load_masking_models, mask_batch, run_masking

@@ -6,7 +6,6 @@ import pytest
 from datasets import load_from_disk
 
 from dbb_hf.cli import main
-from dbb_hf.data.toy import ToyConfig, load_toy
 
 TOY = ["--dataset", "toy", "--options", "num_train=96", "num_validation=32", "num_test=32", "correlation=0.9"]
 CLASSIFIER = ["--classifier_model_name", "resnet10t", "--classifier_pretrained", "false",

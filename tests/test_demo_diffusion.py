@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, Features, Value, load_from_disk
-from PIL import Image
 
 from dbb_hf.cli import main
 from dbb_hf.masking import region_mask

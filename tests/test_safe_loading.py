@@ -9,7 +9,6 @@ then ``dbb-hf push --to_folder``, in a subprocess whose environment holds the to
 from __future__ import annotations
 
 import ast
-import json
 import os
 import pickle
 import re
