@@ -30,6 +30,7 @@ import time
 import numpy as np
 import torch
 
+from _common import finish, print_machine, verdict
 from dbb_hf.data.toy import LABEL_NAMES, ToyConfig, load_toy
 from dbb_hf.miniature import ORACLE_PATH, PRIOR_PATH
 
@@ -191,6 +192,7 @@ def main(argv=None) -> int:
                         help="Write the measured figures into the prior's README.md card (between its gates markers).")
     parser.add_argument("--output_dir", default=None, help="Where tokens, grids and results.json go (default: a temp dir).")
     args = parser.parse_args(argv)
+    print_machine("miniature prior: quality gates", vars(args))
 
     from dbb_hf.inpainting import InpaintingConfig, load_inpainting_pipeline
     from dbb_hf.modeling import load_classifier
@@ -239,15 +241,14 @@ def main(argv=None) -> int:
         print(f"control: class-flip rate with no orientation in the prompt {measured['control']['prompts']}: "
               f"{measured['control']['flip_rate']:.3f} (chance: about 0.5)")
     for gate, what, value in lines:
-        verdict = "PASS" if value >= TARGETS[gate] else "FAIL"
-        print(f"gate {gate}: {what}: {value:.3f} (target >= {TARGETS[gate]:.2f}) {verdict}")
-        results[f"gate_{gate}"] = {"value": value, "target": TARGETS[gate], "pass": value >= TARGETS[gate]}
+        passed = verdict(f"gate {gate}: {what}", value, TARGETS[gate])
+        results[f"gate_{gate}"] = {"value": value, "target": TARGETS[gate], "pass": passed}
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     if args.update_card:
         update_card(args.prior, results, lines)
     print(f"details: {os.path.join(output_dir, 'results.json')}")
-    return 0 if all(results[f"gate_{g}"]["pass"] for g, _, _ in lines) else 1
+    return finish([results[f"gate_{g}"]["pass"] for g, _, _ in lines])
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Optional
 from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, load_dataset, load_from_disk
 
 from .data.common import DatasetFormatError
-from .hub_access import reaching
+from .hub_access import looks_like_path, reaching
 
 REQUIRED_SPLITS = ("train", "synthetic")
 OPTIONAL_SPLITS = ("validation", "test")
@@ -128,11 +128,6 @@ def load_saved(folder: str) -> DatasetDict:
     return DatasetDict(loaded)
 
 
-def _looks_like_path(source: str) -> bool:
-    # A Hub id is "name" or "namespace/name"; anything else can only be a missing folder.
-    return os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1
-
-
 def load_augmented(
     repo_id_or_folder: str | os.PathLike,
     revision: Optional[str] = None,
@@ -155,7 +150,7 @@ def load_augmented(
             dataset = load_dataset(source, cache_dir=cache_dir)
     elif os.path.exists(source):
         raise DatasetFormatError(f"{source!r} is a file; expected a dataset folder or a Hub dataset id")
-    elif _looks_like_path(source):
+    elif looks_like_path(source):
         raise FileNotFoundError(f"dataset folder {source!r} not found")
     else:
         with reaching(source, revision, "augmented dataset"):

@@ -98,6 +98,17 @@ def pop_flag(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
     return argv[i + 1], argv[:i] + argv[i + 2 :]
 
 
+def merge_sections(base: dict, overrides: dict) -> dict:
+    """``{section: {field: value}}`` of ``base`` with the fields of ``overrides`` replacing its own."""
+    merged = {section: dict(values) if isinstance(values, dict) else values for section, values in base.items()}
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section].update(values)
+        else:
+            merged[section] = values
+    return merged
+
+
 def load_yaml(path: str) -> dict:
     with open(path) as f:
         data = yaml.safe_load(f) or {}

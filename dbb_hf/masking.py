@@ -158,6 +158,11 @@ class MaskingConfig:
         if self.torch_dtype not in DTYPES:
             raise ValueError(f"torch_dtype must be one of {sorted(DTYPES)}, got {self.torch_dtype!r}")
 
+    def copies_mask_column(self) -> bool:
+        """Whether the stage writes the input's ``mask`` column back unchanged (column backend
+        reading ``mask`` with no region or dilation): the one input column it may write again."""
+        return self.backend == "column" and self.mask_column == "mask" and self.dilation == 0 and self.region == "mask"
+
 
 @dataclass
 class MaskingModels:
@@ -472,7 +477,7 @@ def _check_dataset(dataset: Dataset, config: MaskingConfig, class_names: Sequenc
     require_columns(dataset, needed, f"masking (backend {config.backend!r})")
     # A stage adds columns and never rewrites its input; copying `mask` onto itself unchanged is the one exception.
     clashes = [c for c in MASK_FEATURES if c in dataset.column_names]
-    if config.backend == "column" and config.mask_column == "mask" and config.dilation == 0 and config.region == "mask":
+    if config.copies_mask_column():
         clashes = [c for c in clashes if c != "mask"]
     if clashes:
         raise ValueError(

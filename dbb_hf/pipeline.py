@@ -277,12 +277,11 @@ class Pipeline:
 
     def _run_masking(self, selected: Dataset, prompts, stage_dir: Path) -> Dataset:
         config = self.configs["masking"]
-        copies_mask = config.backend == "column" and config.mask_column == "mask"
-        if "mask" in selected.column_names and not (copies_mask and config.dilation == 0 and config.region == "mask"):
+        if "mask" in selected.column_names and not config.copies_mask_column():
             # Masking writes `mask` and never overwrites an input column: the dataset's own
             # mask (the toy's ground truth) is kept as `source_mask` (and read from there).
             selected = selected.rename_column("mask", "source_mask")
-            if copies_mask:
+            if config.backend == "column" and config.mask_column == "mask":
                 config = dataclasses.replace(config, mask_column="source_mask")
         models = None if config.backend == "column" else load_masking_models(config, self.device)
         return run_masking(

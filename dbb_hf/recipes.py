@@ -14,7 +14,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from .config import load_yaml, pop_flag
+from .config import load_yaml, merge_sections, pop_flag
 
 PRESETS = ("tiny",)
 
@@ -68,13 +68,6 @@ def tiny_overrides(models_dir: str | os.PathLike) -> dict:
     }
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for section, values in extra.items():
-        merged[section] = {**merged.get(section, {}), **values}
-    return merged
-
-
 def run_recipe(recipe_yaml: str, argv: list[str] | None = None) -> int:
     """Run the pipeline with ``recipe_yaml`` as defaults, then the command-line flags."""
     from .cli import run_pipeline
@@ -86,7 +79,7 @@ def run_recipe(recipe_yaml: str, argv: list[str] | None = None) -> int:
         if preset not in PRESETS:
             raise SystemExit(f"--preset must be one of {PRESETS}, got {preset!r}")
         output_dir = _flag_value(argv, "--output_dir") or defaults.get("run", {}).get("output_dir", "runs/dbb")
-        defaults = _merge(defaults, tiny_overrides(Path(output_dir) / "tiny_models"))
+        defaults = merge_sections(defaults, tiny_overrides(Path(output_dir) / "tiny_models"))
     report = run_pipeline(argv, defaults=defaults)
     if report is not None:
         erm, retrained = report["erm"], report["retrained"]

@@ -118,6 +118,14 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 # ---------------------------------------------------------------------------- VAE
 
 
+def sample_batch(vae, images: np.ndarray, batch_size: int, gen: torch.Generator):
+    """A random batch of the pool and latents sampled from the VAE's posterior of it."""
+    index = torch.randint(len(images), (batch_size,), generator=gen)
+    x = to_tensor(images[index.numpy()])
+    posterior = vae.encode(x).latent_dist
+    return x, posterior, posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+
+
 def train_vae(vae, images: np.ndarray, config: PriorTrainingConfig, log) -> dict:
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate)
@@ -125,11 +133,7 @@ def train_vae(vae, images: np.ndarray, config: PriorTrainingConfig, log) -> dict
     progress = tqdm(range(config.vae_steps), desc="vae", mininterval=10)
     recent = []
     for step in progress:
-        gen = step_generator(config.seed, step, stream=1)
-        index = torch.randint(len(images), (config.vae_batch_size,), generator=gen)
-        x = to_tensor(images[index.numpy()])
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        x, posterior, z = sample_batch(vae, images, config.vae_batch_size, step_generator(config.seed, step, stream=1))
         reconstruction = vae.decode(z).sample
         mse = F.mse_loss(reconstruction, x)
         kl = posterior.kl().mean()
@@ -162,12 +166,8 @@ def finetune_decoder(vae, images: np.ndarray, config: PriorTrainingConfig, log) 
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.decoder_steps, config.vae_learning_rate * 0.02)
     recent = []
     for step in tqdm(range(config.decoder_steps), desc="decoder", mininterval=10):
-        gen = step_generator(config.seed, step, stream=2)
-        index = torch.randint(len(images), (config.vae_batch_size,), generator=gen)
-        x = to_tensor(images[index.numpy()])
-        with torch.no_grad():
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        with torch.no_grad():  # the encoder is frozen
+            x, _, z = sample_batch(vae, images, config.vae_batch_size, step_generator(config.seed, step, stream=2))
         mse = F.mse_loss(vae.decode(z).sample, x)
         optimizer.zero_grad(set_to_none=True)
         mse.backward()

@@ -126,13 +126,13 @@ def _under(path, out: Path, prefix: str) -> bool:
 
 def small_run_defaults(models_dir: str) -> dict:
     """The toy benchmark, small, with the tiny preset's models: every stage in seconds."""
-    from dbb_hf.config import load_yaml
+    from dbb_hf.config import load_yaml, merge_sections
     from dbb_hf.presets import DEMO_PRESET
-    from dbb_hf.recipes import _merge, tiny_overrides
+    from dbb_hf.recipes import tiny_overrides
 
     training = {"num_epochs": 2, "train_batch_size": 16, "eval_batch_size": 32, "lr_scheduler": "cosine"}
-    return _merge(
-        _merge(load_yaml(DEMO_PRESET), tiny_overrides(models_dir)),
+    return merge_sections(
+        merge_sections(load_yaml(DEMO_PRESET), tiny_overrides(models_dir)),
         {
             "data": {"dataset": "toy", "options": ["num_train=64", "num_validation=16", "num_test=16", "correlation=0.9"]},
             "erm": training,

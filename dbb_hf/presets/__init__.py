@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from ..config import load_yaml
+from ..config import load_yaml, merge_sections
 
 PRESETS_DIR = os.path.dirname(__file__)
 DEMO_PRESET = os.path.join(PRESETS_DIR, "demo.yaml")
@@ -22,17 +22,6 @@ DEMO_GENERATORS = {"compose": (), "diffusion": (DEMO_DIFFUSION_PRESET,)}
 DEFAULT_DEMO_GENERATOR = "diffusion"
 # A preset value standing for the miniature prior shipped in the package.
 MINIATURE_PRIOR = "<miniature-prior>"
-
-
-def merge_sections(base: dict, overrides: dict) -> dict:
-    """``{section: {field: value}}`` of ``base`` with the fields of ``overrides`` replacing its own."""
-    merged = {section: dict(values) if isinstance(values, dict) else values for section, values in base.items()}
-    for section, values in overrides.items():
-        if isinstance(values, dict) and isinstance(merged.get(section), dict):
-            merged[section].update(values)
-        else:
-            merged[section] = values
-    return merged
 
 
 def resolve_package_paths(sections: dict) -> dict:
