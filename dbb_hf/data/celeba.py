@@ -185,7 +185,9 @@ def read_attributes(path: str) -> tuple[pd.DataFrame, np.ndarray]:
         (values,) = values_per_row
         problem = (f"{values - len(names)} name(s) missing from line 2" if values > len(names)
                    else f"line 2 has {len(names) - values} name(s) too many")
-        raise DatasetFormatError(f"{path}: line 2 names {len(names)} attributes but every row has {values} values: {problem}")
+        raise DatasetFormatError(
+            f"{path}: line 2 names {len(names)} attributes but every row has {values} values: {problem}"
+        )
     _check_field_counts(path, numbers, widths, len(names) + 1,
                         f"a file name and one value for each of the {len(names)} attributes of line 2")
     table = pd.read_csv(path, sep=r"\s+", skiprows=2, header=None, names=["file", *names], dtype={"file": str})

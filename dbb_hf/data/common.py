@@ -78,7 +78,9 @@ MASK_COLUMN = "mask"
 SHOWN = 5  # offending rows named in a message
 
 
-def check_kept_columns(keep: Sequence[str], available: Iterable[str], source: str, reserved=CONTRACT_COLUMNS) -> list[str]:
+def check_kept_columns(
+    keep: Sequence[str], available: Iterable[str], source: str, reserved=CONTRACT_COLUMNS
+) -> list[str]:
     """``keep`` as a list, after checking each name exists in ``available`` and is not a contract column."""
     keep = [keep] if isinstance(keep, str) else list(keep)
     clashes = sorted(set(keep) & set(reserved))
@@ -144,7 +146,9 @@ def deduplicate(frame: pd.DataFrame, key: str, source: str, rows: Optional[Seque
     if not repeats.any():
         return frame
     positions = np.flatnonzero(repeats)
-    named = [f"{plain(frame[key].iloc[p])!r} ({rows[p] if rows is not None else f'row {p}'})" for p in positions[:SHOWN]]
+    named = [
+        f"{plain(frame[key].iloc[p])!r} ({rows[p] if rows is not None else f'row {p}'})" for p in positions[:SHOWN]
+    ]
     warnings.warn(
         f"{source}: dropped {len(positions)} row(s) that repeat an earlier row of the same {key} exactly, "
         f"e.g. {', '.join(named)}",

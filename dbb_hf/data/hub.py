@@ -29,11 +29,10 @@ id or file that disagree (another split, label or image) are refused
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Optional
-
-import hashlib
 
 import numpy as np
 import pandas as pd
@@ -88,7 +87,8 @@ class HubConfig:
     )
     seed: int = field(default=0, metadata={"help": "Seed of the validation/test carve."})
     keep_columns: list[str] = field(
-        default_factory=list, metadata={"help": "Source columns kept as they are beside the contract's (e.g. [photographer])."}
+        default_factory=list,
+        metadata={"help": "Source columns kept as they are beside the contract's (e.g. [photographer])."},
     )
     mask_column: Optional[str] = field(
         default=None,

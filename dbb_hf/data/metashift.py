@@ -47,7 +47,9 @@ import numpy as np
 import pandas as pd
 from datasets import DatasetDict
 
-from .common import SHOWN, SPLITS, DatasetFormatError, base_features, from_records, refuse_conflicting_duplicates, require_file
+from .common import (
+    SHOWN, SPLITS, DatasetFormatError, base_features, from_records, refuse_conflicting_duplicates, require_file,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 

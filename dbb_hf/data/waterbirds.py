@@ -33,8 +33,8 @@ import pandas as pd
 from datasets import DatasetDict, Image
 
 from .common import (
-    CONTRACT_COLUMNS, MASK_COLUMN, SPLITS, DatasetFormatError, base_features, check_kept_columns, column_features, deduplicate,
-    from_records, require_columns, require_file,
+    CONTRACT_COLUMNS, MASK_COLUMN, SPLITS, DatasetFormatError, base_features, check_kept_columns, column_features,
+    deduplicate, from_records, require_columns, require_file,
 )
 
 LABEL_NAMES = ["landbird", "waterbird"]
@@ -81,21 +81,22 @@ def load_waterbirds(config: WaterbirdsConfig) -> DatasetDict:
             raise DatasetFormatError(
                 f"{metadata_path}: column {column!r} should hold {sorted(allowed)} in every row, found {bad or 'empty cells'}"
             )
-    # Line 1 is the header: row i is line i + 2.
-    metadata = deduplicate(metadata, "img_filename", metadata_path, rows=[f"line {i + 2}" for i in range(len(metadata))])
+    lines = [f"line {i + 2}" for i in range(len(metadata))]  # line 1 is the header
+    metadata = deduplicate(metadata, "img_filename", metadata_path, rows=lines)
 
     filenames = metadata["img_filename"].astype(str)
     paths = [os.path.join(root, name) for name in filenames]
     _missing(paths, filenames, "image(s)", f"{metadata_path} under {root}")
-    extra = {name: metadata[name].tolist() for name in kept}
     extra_features = column_features(metadata, kept)  # from every row, so all splits agree
+    masks = {}
     if config.segmentation_dir is not None:
         masks_root = os.path.abspath(require_file(config.segmentation_dir, "CUB segmentations folder"))
         mask_paths = [os.path.join(masks_root, os.path.splitext(name)[0] + ".png") for name in filenames]
-        _missing(mask_paths, filenames, "image(s)' masks", f"{metadata_path} (looked for <img_filename>.png) under {masks_root}")
-        extra[MASK_COLUMN], extra_features[MASK_COLUMN] = mask_paths, Image()
+        where = f"{metadata_path} (looked for <img_filename>.png) under {masks_root}"
+        _missing(mask_paths, filenames, "image(s)' masks", where)
+        masks[MASK_COLUMN], extra_features[MASK_COLUMN] = mask_paths, Image()
 
-    metadata = metadata.assign(image=paths, example_id=filenames, **extra)
+    metadata = metadata.assign(image=paths, example_id=filenames, **masks)
     features = base_features(LABEL_NAMES, SPURIOUS_NAMES, **extra_features)
     splits = {}
     for index, split in enumerate(SPLITS):
@@ -106,7 +107,7 @@ def load_waterbirds(config: WaterbirdsConfig) -> DatasetDict:
                 "label": rows["y"].astype(int).tolist(),
                 "spurious": rows["place"].astype(int).tolist(),
                 "example_id": rows["example_id"].tolist(),
-                **{name: rows[name].tolist() for name in extra},
+                **{name: rows[name].tolist() for name in extra_features},
             },
             features,
         )
