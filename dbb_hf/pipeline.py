@@ -313,7 +313,7 @@ class Pipeline:
             )
         dataset, fp_data = self.load_data()
         # Bad input fails here, in seconds, not after ERM or generation.
-        given_augmented = preflight(self, dataset)
+        given_augmented = preflight(self.run, self.configs, dataset)
         erm_dir, fp_erm = self.train_erm(dataset, fp_data)
 
         info = {}

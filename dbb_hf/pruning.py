@@ -52,7 +52,7 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 
 from .checks import check_classifier_classes, check_label_values, require_columns
-from .data.common import DatasetFormatError
+from .errors import DatasetFormatError
 from .images import to_rgb
 from .modeling import data_config, geometric_transform
 from .stages import ImageGuard, apply_stage, run_resumable, stage_fingerprint, with_new_features

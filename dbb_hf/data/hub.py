@@ -27,6 +27,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
 from datasets import config as datasets_config
 
+from ..checks import check_class_names, check_label_values
 from ..hub_access import reaching
 from .common import SPLITS, DatasetFormatError, base_features, group_id, require_columns
 
@@ -100,8 +101,6 @@ def read_source(config: HubConfig) -> DatasetDict:
 
 def _classes(splits: dict[str, Dataset], column: str, source: str) -> tuple[list[str], Optional[dict]]:
     """Class names of ``column`` and the value -> index lookup (None for a ClassLabel)."""
-    from ..checks import check_class_names, check_label_values
-
     first, feature = next((name, ds.features[column]) for name, ds in splits.items())
     if isinstance(feature, ClassLabel):
         for name, dataset in splits.items():
