@@ -45,11 +45,11 @@ from datasets.splits import SplitDict, SplitInfo
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub import get_token as stored_hub_token
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .augmented import load_augmented
 from .data.common import group_counts, group_names
+from .textual_inversion.embeddings import EMBEDS_NAME, TOKENS_INDEX, holds_class_tokens, read_token_folder, save_embeds
 
 ARXIV_ID = "2503.17226"
 CITATION = """@misc{yazdanparast2025leveraging,
@@ -63,9 +63,6 @@ CITATION = """@misc{yazdanparast2025leveraging,
 }"""
 NA = "n/a"
 CARD_FILE = "README.md"
-TOKENS_INDEX = "tokens.json"
-# learn_tokens' file of all tokens, with each token's class index in its metadata.
-COMBINED_EMBEDS = "learned_embeds.safetensors"
 DEFAULT_MAX_SHARD_SIZE = "500MB"  # datasets.config.MAX_SHARD_SIZE, what push_to_hub uses
 
 
@@ -220,7 +217,7 @@ class Run:
 
     @property
     def has_tokens(self) -> bool:
-        return (self.tokens_dir / TOKENS_INDEX).exists() or (self.tokens_dir / COMBINED_EMBEDS).exists()
+        return holds_class_tokens(self.tokens_dir)
 
 
 def _read_json(path: Path) -> dict:
@@ -568,63 +565,31 @@ def _weight_name(class_name: str) -> str:
 def read_tokens(run: Run, class_names: list[str]) -> list[dict]:
     """The run's tokens in class order: ``[{class_index, class_name, token, vectors, info, file}]``.
 
-    Reads ``tokens/tokens.json`` (``{"<class index>": {"class_name", "token", "file"}}``, files
-    relative to ``tokens/``) when present, else the combined file ``learn_tokens`` writes,
-    whose metadata gives each token's class index (names then come from ``class_names``).
+    Read by :func:`dbb_hf.textual_inversion.read_token_folder` from ``tokens/``; every token
+    must know its class (``tokens.json``, or the class index ``learn_tokens`` writes into
+    its combined file, names then coming from ``class_names``). ``file`` is the token's
+    file name in the tokens repository.
     """
-    from .textual_inversion import read_embeds
-
-    index_path = run.tokens_dir / TOKENS_INDEX
-    entries = []
-    if index_path.exists():
-        for class_index, entry in _read_json(index_path).items():
-            for key in ("class_name", "token", "file"):
-                if key not in entry:
-                    raise ValueError(f"{index_path}: class {class_index} has no {key!r}")
-            path = run.tokens_dir / entry["file"]  # an absolute "file" stays absolute
-            vectors, info = read_embeds(path)
-            if list(vectors) != [entry["token"]]:
-                raise ValueError(f"{path} holds {list(vectors)}; expected exactly the token {entry['token']!r}")
-            entries.append((int(class_index), entry["class_name"], entry["token"], vectors[entry["token"]], info))
-    else:
-        path = run.tokens_dir / COMBINED_EMBEDS
-        vectors, info = read_embeds(path)
-        for token, tensor in vectors.items():
-            class_index = (info.get(token) or {}).get("class_index")
-            if class_index is None or not 0 <= int(class_index) < len(class_names):
-                raise ValueError(f"{path}: token {token!r} has no valid class_index in its metadata")
-            entries.append((int(class_index), class_names[int(class_index)], token, tensor, info))
     tokens = []
-    for class_index, class_name, token, tensor, info in sorted(entries, key=lambda e: e[0]):
-        if tensor.ndim not in (1, 2):
-            raise ValueError(f"token {token!r}: embedding of shape {tuple(tensor.shape)}; expected (width,) or (vectors, width)")
+    for saved in read_token_folder(run.tokens_dir):
+        if saved.class_index is None or not 0 <= saved.class_index < len(class_names):
+            raise ValueError(f"{saved.file}: token {saved.token!r} has no valid class_index in its metadata")
+        class_name = saved.class_name or class_names[saved.class_index]
         tokens.append(
             {
-                "class_index": class_index,
+                "class_index": saved.class_index,
                 "class_name": class_name,
-                "token": token,
-                "vectors": tensor,
-                "info": info.get(token, {}),
+                "token": saved.token,
+                "vectors": saved.vectors,
+                "info": saved.info,
                 "file": _weight_name(class_name),
             }
         )
+    tokens.sort(key=lambda t: t["class_index"])
     files = [t["file"] for t in tokens]
     if len(set(files)) != len(files):
         raise ValueError(f"the run's class names give clashing token file names {files}")
     return tokens
-
-
-def _save_token_file(path: Path, token: str, vectors, info: dict) -> None:
-    """One token per file, the layout ``load_textual_inversion(weight_name=...)`` reads.
-
-    The token's provenance goes in the metadata the way ``dbb_hf.textual_inversion`` writes
-    it, under one key only: safetensors orders several metadata keys differently from one
-    save to the next, and a folder twin must be byte-identical to what a push uploads.
-    """
-    from .textual_inversion import METADATA_KEY
-
-    payload = json.dumps({"tokens": [token], "info": {token: info}}, sort_keys=True, default=str)
-    save_file({token: vectors.detach().float().cpu().contiguous()}, str(path), metadata={METADATA_KEY: payload})
 
 
 def save_embeddings_folder(
@@ -638,13 +603,14 @@ def save_embeddings_folder(
     run = read_run(run_dir)
     if not run.has_tokens:
         raise FileNotFoundError(
-            f"neither {run.tokens_dir / TOKENS_INDEX} nor {run.tokens_dir / COMBINED_EMBEDS} found: the run learned no tokens"
+            f"neither {run.tokens_dir / TOKENS_INDEX} nor {run.tokens_dir / EMBEDS_NAME} found: the run learned no tokens"
         )
     synthetic = load_run_dataset(run)["synthetic"]
     tokens = read_tokens(run, synthetic.features["label"].names)
     out = _prepare_out_dir(out_dir)
     for token in tokens:
-        _save_token_file(out / token["file"], token["token"], token["vectors"], token["info"])
+        # One token per file, the layout ``load_textual_inversion(weight_name=...)`` reads.
+        save_embeds(str(out / token["file"]), {token["token"]: token["vectors"]}, {token["token"]: token["info"]})
     links = _links(run, repo_id, "embeddings", links)
     source = run.source
     base_model = _model_ref(run, "textual_inversion")

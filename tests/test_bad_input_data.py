@@ -335,8 +335,9 @@ def tiny_sd(tmp_path_factory):
 
 def test_a_nan_textual_inversion_loss_names_the_class_and_step(tiny_sd, toy, tmp_path, monkeypatch):
     import dbb_hf.textual_inversion as ti
+    from dbb_hf.textual_inversion import train
 
-    monkeypatch.setattr(ti, "_diffusion_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(train, "_diffusion_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     config = ti.TextualInversionConfig(model_id=tiny_sd["base"], initializer_token="bar", max_train_steps=2,
                                        resolution=32, checkpointing_steps=1)
     with pytest.raises(FloatingPointError, match=r"class 'horizontal_bar'.*loss is nan at step 1 of 2"):
