@@ -168,7 +168,9 @@ def _indexed_tokens(folder: str) -> list[SavedToken]:
         if list(vectors) != [entry["token"]]:
             raise ValueError(f"{path} holds {list(vectors)}; expected exactly the token {entry['token']!r}")
         token = entry["token"]
-        tokens.append(SavedToken(token, vectors[token], info.get(token, {}), path, int(class_index), entry["class_name"]))
+        tokens.append(
+            SavedToken(token, vectors[token], info.get(token, {}), path, int(class_index), entry["class_name"])
+        )
     return sorted(tokens, key=lambda t: t.class_index)
 
 
@@ -255,8 +257,7 @@ def load_tokens(pipe, embeddings) -> list[str]:
             verify_token(pipe, entry.token, entry.vectors, entry.info)
     except ValueError:
         # Leave the pipeline as it was: a token that does not work must not linger in it.
-        pipe.unload_textual_inversion(
-            [name for e in saved for name in vector_tokens(e.token, e.vectors.reshape(-1, e.vectors.shape[-1]).shape[0])]
-        )
+        names = [vector_tokens(e.token, e.vectors.reshape(-1, e.vectors.shape[-1]).shape[0]) for e in saved]
+        pipe.unload_textual_inversion([name for vectors in names for name in vectors])
         raise
     return tokens

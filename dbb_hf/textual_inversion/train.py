@@ -196,7 +196,9 @@ class _TokenTraining:
         self.class_name, self.prompt_name = class_name, prompt_name
 
         set_seed(config.seed)  # LoRA's random init; everything else draws from per-sample seeds
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            accelerator.mixed_precision, torch.float32
+        )
         models = load_components(config, frozen_dtype=self.weight_dtype)
         self.tokenizer, self.text_encoder, self.vae, self.unet, self.noise_scheduler = (
             models[k] for k in ("tokenizer", "text_encoder", "vae", "unet", "noise_scheduler")
