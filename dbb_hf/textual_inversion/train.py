@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..devices import diffusers_dtype
 from ..state_files import load_state_file, save_state_file
 from .config import LoraTokenConfig, TextualInversionConfig, placeholder_token
 from .data import NOISE_STREAM, CausalTokenDataset, as_pil_list, sample_seed
@@ -59,8 +60,8 @@ def load_components(config: TextualInversionConfig, frozen_dtype: torch.dtype = 
             # float32 even from a float16 checkpoint (transformers keeps the saved dtype): the
             # token's embedding row is what trains.
             "text_encoder": CLIPTextModel.from_pretrained(**source, subfolder="text_encoder", dtype=torch.float32),
-            "vae": AutoencoderKL.from_pretrained(**source, subfolder="vae", torch_dtype=frozen_dtype),
-            "unet": UNet2DConditionModel.from_pretrained(**source, subfolder="unet", torch_dtype=frozen_dtype),
+            "vae": AutoencoderKL.from_pretrained(**source, subfolder="vae", **diffusers_dtype(frozen_dtype)),
+            "unet": UNet2DConditionModel.from_pretrained(**source, subfolder="unet", **diffusers_dtype(frozen_dtype)),
             "noise_scheduler": DDPMScheduler.from_pretrained(**source, subfolder="scheduler"),
         }
 
