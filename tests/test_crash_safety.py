@@ -66,9 +66,8 @@ def artifacts(out: Path) -> dict:
     return {
         "augmented": {name: split.data.table for name, split in augmented.items()},
         "pruning": load_from_disk(str(out / "pruning")).data.table,
-        # Files compared byte for byte, where the format allows it: a safetensors header
-        # lists its metadata in hash-map order, so the token file (two metadata keys) is
-        # compared by content: every tensor's bytes and the metadata.
+        # Files compared byte for byte; the token file by content (every tensor's bytes
+        # and the metadata), which is what loading it reads.
         "weights": {name: sha256(out / name) for name in ("erm/model/model.safetensors", "retrained/model/model.safetensors")},
         "tokens": safetensors_content(out / "tokens" / "learned_embeds.safetensors"),
         "report": {k: v for k, v in report.items() if k not in VOLATILE_REPORT_KEYS},

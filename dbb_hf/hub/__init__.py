@@ -16,13 +16,26 @@ from .cards import (
     ARXIV_ID,
     CITATION,
     COLUMN_DESCRIPTIONS,
+    DATASET_CONFIG_SECTIONS,
+    METRICS,
+    MODEL_CONFIG_SECTIONS,
+    MODEL_ID_KEYS,
+    MODEL_ROLES,
+    SPLIT_DESCRIPTIONS,
     cards_dir,
     dataset_card,
     embeddings_card,
     model_card,
     render_card,
 )
-from .folders import CARD_FILE, read_tokens, save_dataset_folder, save_embeddings_folder, save_model_folder
+from .folders import (
+    CARD_FILE,
+    DEFAULT_MAX_SHARD_SIZE,
+    read_tokens,
+    save_dataset_folder,
+    save_embeddings_folder,
+    save_model_folder,
+)
 from .push import (
     ARTIFACTS,
     Artifact,
@@ -35,7 +48,7 @@ from .push import (
     push_model,
     repo_url,
 )
-from .run import SOURCE_DATASETS, Run, SourceDataset, load_run_dataset, read_run, repo_ids
+from .run import NA, REQUIRED_METRICS, SOURCE_DATASETS, Run, SourceDataset, load_run_dataset, read_run, repo_ids
 
 __all__ = [
     "ARTIFACTS",
@@ -43,7 +56,16 @@ __all__ = [
     "CARD_FILE",
     "CITATION",
     "COLUMN_DESCRIPTIONS",
+    "DATASET_CONFIG_SECTIONS",
+    "DEFAULT_MAX_SHARD_SIZE",
+    "METRICS",
+    "MODEL_CONFIG_SECTIONS",
+    "MODEL_ID_KEYS",
+    "MODEL_ROLES",
+    "NA",
+    "REQUIRED_METRICS",
     "SOURCE_DATASETS",
+    "SPLIT_DESCRIPTIONS",
     "Artifact",
     "Run",
     "SourceDataset",

@@ -39,7 +39,14 @@ from .embeddings import (
     vector_tokens,
     verify_token,
 )
-from .lora import LORA_WEIGHTS_NAME, load_lora_causal, save_lora_folder, text_encoder_lora_unsupported
+from .lora import (
+    LORA_WEIGHTS_NAME,
+    TEXT_ENCODER_LORA_TARGETS,
+    UNET_LORA_TARGETS,
+    load_lora_causal,
+    save_lora_folder,
+    text_encoder_lora_unsupported,
+)
 from .train import (
     CHECKPOINT_PREFIX,
     TRAINING_STATE_NAME,
@@ -61,8 +68,10 @@ __all__ = [
     "LORA_WEIGHTS_NAME",
     "METADATA_KEY",
     "MIXED_PRECISION",
+    "TEXT_ENCODER_LORA_TARGETS",
     "TOKENS_INDEX",
     "TRAINING_STATE_NAME",
+    "UNET_LORA_TARGETS",
     "CausalTokenDataset",
     "LearnedToken",
     "LoraTokenConfig",
