@@ -21,7 +21,7 @@ from typing import Optional
 
 from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, load_dataset, load_from_disk
 
-from .data.common import DatasetFormatError
+from .errors import DatasetFormatError
 from .hub_access import looks_like_path, reaching
 
 REQUIRED_SPLITS = ("train", "synthetic")

@@ -244,24 +244,13 @@ def inpaint_main(argv: list[str]) -> int:
 
 
 def _tokens_by_class(tokens_dir: str, class_names: list[str]) -> list[str]:
-    """Each class's token: from ``tokens.json`` when present, else the class indices that
-    ``learn_tokens`` writes into its combined embeddings file."""
-    from .textual_inversion import read_embeds
+    """Each class's token in the token folder ``tokens_dir``; exits naming the classes without one."""
+    from .textual_inversion import tokens_by_class
 
-    index = os.path.join(tokens_dir, "tokens.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            by_class = {int(c): entry["token"] for c, entry in json.load(f).items()}
-    else:
-        _, info = read_embeds(tokens_dir)
-        by_class = {int(i["class_index"]): token for token, i in info.items() if "class_index" in i}
-    missing = [name for c, name in enumerate(class_names) if c not in by_class]
-    if missing:
-        raise SystemExit(
-            f"inpaint: --tokens_dir {tokens_dir} has no token for class(es) {missing}; it has tokens for class "
-            f"indices {sorted(by_class)} ({by_class}) and the dataset's classes are {class_names}"
-        )
-    return [by_class[c] for c in range(len(class_names))]
+    try:
+        return tokens_by_class(tokens_dir, class_names)
+    except ValueError as error:
+        raise SystemExit(f"inpaint: --tokens_dir {error}") from None
 
 
 @dataclass

@@ -33,8 +33,8 @@ from .pruning import PruningConfig, apply_thresholds, class_confidence, score_ed
 from .selection import SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
 from .accounting import account_stage, outcome_counts
 from .stages import (
-    STAGE_INFO, finish_interrupted_save, load_stage_output, save_stage_output, source_signature, stage_fingerprint,
-    write_text_atomic,
+    STAGE_INFO, ShardPlan, finish_interrupted_save, load_stage_output, save_stage_output, source_signature,
+    stage_fingerprint, write_text_atomic,
 )
 from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
 from .training import TrainingConfig, train_group_counts_of, evaluate_split, train_classifier
@@ -134,12 +134,8 @@ class Pipeline:
         self.state.wait_for_everyone()
         return False
 
-    def _sharding(self) -> dict:
-        return {
-            "process_index": self.state.process_index,
-            "num_processes": self.state.num_processes,
-            "wait_for_everyone": self.state.wait_for_everyone,
-        }
+    def _shards(self) -> ShardPlan:
+        return ShardPlan.for_processes(self.run.shard_size, self.state)
 
     def _main_only(self, stage_dir: Path, compute):
         """Run ``compute`` on the main process; the others get its saved result."""
@@ -244,8 +240,8 @@ class Pipeline:
         pruned = self._cached(
             "pruning", fp_prune,
             lambda d: apply_thresholds(
-                score_edits(generated, model, cfg["pruning"], Psi=Psi, output_dir=d, shard_size=self.run.shard_size,
-                            model_fingerprint=fp_erm, **self._sharding()),
+                score_edits(generated, model, cfg["pruning"], Psi=Psi, output_dir=d, shards=self._shards(),
+                            model_fingerprint=fp_erm),
                 cfg["pruning"].P, Psi=Psi, psi_rule=cfg["pruning"].psi_rule,
             ),
         )
@@ -286,7 +282,7 @@ class Pipeline:
         models = None if config.backend == "column" else load_masking_models(config, self.device)
         return run_masking(
             selected, config, class_names=prompts, models=models, device=self.device,
-            output_dir=stage_dir, shard_size=self.run.shard_size, **self._sharding(),
+            output_dir=stage_dir, shards=self._shards(),
         )
 
     def _run_generation(self, masked: Dataset, prompts, tokens, stage_dir: Path) -> Dataset:
@@ -299,7 +295,7 @@ class Pipeline:
             donors = prepare_donors(masked)
         return run_inpainting(
             masked, config, pipe=pipe, donors=donors, class_names=prompts, tokens=tokens,
-            output_dir=stage_dir, shard_size=self.run.shard_size, **self._sharding(),
+            output_dir=stage_dir, shards=self._shards(),
         )
 
     # ------------------------------------------------------------------ the run
@@ -313,7 +309,7 @@ class Pipeline:
             )
         dataset, fp_data = self.load_data()
         # Bad input fails here, in seconds, not after ERM or generation.
-        given_augmented = preflight(self, dataset)
+        given_augmented = preflight(self.run, self.configs, dataset)
         erm_dir, fp_erm = self.train_erm(dataset, fp_data)
 
         info = {}

@@ -9,16 +9,13 @@ configs, dataset columns and small files (model configs); no model is loaded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Mapping, Optional
 
 from datasets import ClassLabel, DatasetDict
 
 from .checks import check_class_names, check_classes_present, check_labelled
 from .hub_access import check_reachable
 from .pruning import thresholds_per_class
-
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
 
 
 def resolve_class_prompts(names: list[str], class_prompts: Optional[list[str]]) -> list[str]:
@@ -46,10 +43,9 @@ def check_dataset(dataset: DatasetDict, *, generating: bool) -> list[str]:
     return names
 
 
-def check_per_class_settings(pipeline: "Pipeline", names: list[str]) -> None:
+def check_per_class_settings(run, configs: Mapping, names: list[str]) -> None:
     """Settings given per class (prompts, counts, thresholds, gammas) have one value per class."""
-    configs = pipeline.configs
-    resolve_class_prompts(names, pipeline.run.class_prompts)
+    resolve_class_prompts(names, run.class_prompts)
     selection = configs["selection"]
     counts = selection.lowest_loss_values
     if len(counts) not in (1, len(names)):
@@ -65,9 +61,8 @@ def check_per_class_settings(pipeline: "Pipeline", names: list[str]) -> None:
                          f"{len(names)} classes {names}")
 
 
-def check_models(pipeline: "Pipeline") -> None:
+def check_models(configs: Mapping) -> None:
     """The models of the generation stages exist (folder, or Hub id at its revision, or in the cache)."""
-    configs = pipeline.configs
     inpainting, masking = configs["inpainting"], configs["masking"]
     if inpainting.backend == "diffusers":
         ti = configs["textual_inversion"]
@@ -82,23 +77,25 @@ def check_models(pipeline: "Pipeline") -> None:
                         "masking segmenter (masking.segmenter_id)", "config.json")
 
 
-def preflight(pipeline: "Pipeline", dataset: DatasetDict) -> Optional[DatasetDict]:
-    """Run every check; returns the run's given augmented dataset (loaded once, here), if any."""
+def preflight(run, configs: Mapping, dataset: DatasetDict) -> Optional[DatasetDict]:
+    """Run every check of a run's settings (its ``RunConfig`` and section ``configs``) against ``dataset``.
+
+    Returns the run's given augmented dataset (loaded once, here), if any.
+    """
     from .augmented import load_augmented
     from .modeling import saved_label_names
 
-    run = pipeline.run
     names = check_dataset(dataset, generating=not run.augmented_dataset)
     if run.erm_model:
         model_names = saved_label_names(run.erm_model)
         if model_names is not None:
             check_class_names(names, model_names, expected_what="the dataset",
                               actual_what=f"the classifier --erm_model {run.erm_model!r} (label_names)")
-    check_per_class_settings(pipeline, names)
+    check_per_class_settings(run, configs, names)
     if run.augmented_dataset:
         augmented = load_augmented(run.augmented_dataset)
         check_class_names(names, augmented["train"].features["label"].names, expected_what="the dataset",
                           actual_what=f"the augmented dataset {run.augmented_dataset!r}")
         return augmented
-    check_models(pipeline)
+    check_models(configs)
     return None

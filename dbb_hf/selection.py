@@ -13,8 +13,6 @@ the same number); here every image gets its own cross-entropy.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 from collections import Counter
@@ -29,7 +27,7 @@ from datasets import Sequence as SequenceFeature
 
 from .checks import check_classifier_classes, check_label_values, require_columns
 from .data.common import group_names
-from .modeling import data_config, eval_transform
+from .modeling import data_config, eval_transform, model_fingerprint
 from .images import to_rgb
 from .stages import ImageGuard, apply_stage
 
@@ -112,21 +110,6 @@ class SelectionConfig:
     def lowest_loss_values(self) -> list[int | float]:
         """The per-class budgets: ints are counts, floats fractions (one value = every class)."""
         return [_parse_budget(v) for v in self.lowest_loss.split(",")]
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of the classifier's weights and preprocessing: what its scores depend on.
-
-    It reads every tensor once (0.2 s for ResNet-50's 94 MB on a CPU), so rescoring with the
-    same weights reuses the cached scores whatever folder or object they came from.
-    """
-    model = getattr(model, "module", model)
-    digest = hashlib.sha256(json.dumps(data_config(model), sort_keys=True, default=str).encode())
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
-    return f"sha256:{digest.hexdigest()}"
 
 
 def score_batch(batch: dict, *, model: torch.nn.Module, transform, device) -> dict:

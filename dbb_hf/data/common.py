@@ -30,11 +30,9 @@ import pandas as pd
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
+from ..errors import DatasetFormatError  # noqa: F401  (the loaders' error, importable from here too)
+
 SPLITS = ("train", "validation", "test")
-
-
-class DatasetFormatError(ValueError):
-    """A data folder or dataset does not have the layout a loader expects."""
 
 
 def group_id(label: int, spurious: int, num_spurious: int) -> int:

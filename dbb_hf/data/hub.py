@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
 from datasets import config as datasets_config
 
+from ..checks import check_class_names, check_label_values
 from ..hub_access import reaching
 from .common import (
     CONTRACT_COLUMNS, MASK_COLUMN, SHOWN, SPLITS, DatasetFormatError, base_features, check_kept_columns, deduplicate,
@@ -140,8 +141,6 @@ def _classes(
     splits: dict[str, Dataset], column: str, source: str, example_id_column: Optional[str] = None
 ) -> tuple[list[str], Optional[dict]]:
     """Class names of ``column`` and the value -> index lookup (None for a ClassLabel)."""
-    from ..checks import check_class_names, check_label_values
-
     first, feature = next((name, ds.features[column]) for name, ds in splits.items())
     if isinstance(feature, ClassLabel):
         for name, dataset in splits.items():
