@@ -46,6 +46,7 @@ from dbb_hf.selection import SelectionConfig
 from dbb_hf.textual_inversion import TextualInversionConfig, read_embeds
 from dbb_hf.training import TrainingConfig, train_classifier
 from test_bad_input_data import make_pipeline, offline  # noqa: F401  (offline: an autouse fixture)
+from test_bad_input_images import NAMES, box_mask, compose_edits, linear_model, noise, rows_dataset, tiny_pipe  # noqa: F401
 
 CLASSIFIER = ClassifierConfig("resnet10t", pretrained=False, image_size=32, crop_pct=1.0)
 REPO = Path(__file__).resolve().parents[1]
@@ -400,3 +401,49 @@ def test_a_thin_image_fails_its_own_row_and_the_run_goes_on(folder_run):
     assert failed == 1
     # 17 training images in batches of 8: ERM left one image out of each epoch instead of stopping.
     assert any("17 training images in batches of 8" in w for w in folder_run["warnings"])
+
+
+def test_thin_and_tiny_images_go_through_the_other_stages(tiny_pipe):
+    from dbb_hf import pruning, selection
+    from dbb_hf.inpainting import inpaint_batch
+    from dbb_hf.masking import MaskingConfig, mask_batch
+    from dbb_hf.modeling import eval_transform
+    from dbb_hf.pruning import PruningConfig
+
+    sizes = [(1, 500), (500, 1), (1, 2), (2, 2)]
+    images = [noise(w, h, seed=k) for k, (w, h) in enumerate(sizes)]
+    masks = [box_mask(w, h, (0, 0, max(1, w // 2), max(1, h // 2))) for w, h in sizes]
+    n = len(sizes)
+    batch = {"image": images, "label": [0] * n, "target_label": [1] * n, "example_id": [f"{w}x{h}" for w, h in sizes],
+             "mask_status": ["ok"] * n, "gt_mask": masks}
+    model = linear_model()
+    scores = selection.score_batch(batch, model=model, transform=eval_transform(model), device="cpu")
+    assert np.isfinite(scores["erm_loss"]).all()
+    copied = mask_batch(batch, models=None, config=MaskingConfig(backend="column", mask_column="gt_mask"),
+                        class_names=NAMES)
+    assert copied["mask_status"] == ["ok"] * n and [m.size for m in copied["mask"]] == sizes
+    batch["mask"] = copied["mask"]
+    config, pipe = tiny_pipe
+    edits = inpaint_batch(batch, pipe=pipe, config=config, class_names=NAMES, tokens=["horizontal", "vertical"])
+    assert edits["generation_status"] == ["ok"] * n and [e.size for e in edits["generated"]] == sizes
+    for edit, mask, source in zip(edits["generated"], batch["mask"], images):
+        outside = ~(np.asarray(mask) > 127)
+        np.testing.assert_array_equal(np.asarray(edit)[outside], np.asarray(source)[outside])
+    scored = pruning.score_batch({**batch, **edits}, model=model, config=PruningConfig(n_steps=4, device="cpu"),
+                                 Psi=[0.9, 0.9])
+    assert scored["score_status"] == ["ok"] * n and np.isfinite(scored["rho"]).all()
+    composed = compose_edits(rows_dataset(images, masks))
+    assert composed["generation_status"] == ["ok"] * n
+
+
+def test_learn_tokens_command_names_tokens_after_classes_and_prompts_with_class_prompts(tmp_path, tiny_models, toy):
+    from dbb_hf.cli import main
+
+    images = str(tmp_path / "images")
+    toy["train"].select(range(4)).save_to_disk(images)
+    main(["learn-tokens", "--input", images, "--output_dir", str(tmp_path / "tokens"), "--class_prompts", "bar", "bar",
+          "--model_id", tiny_models["text2img"], "--initializer_token", "bird", "--max_train_steps", "1",
+          "--resolution", "32", "--gradient_accumulation_steps", "1"])
+    _, info = read_embeds(tmp_path / "tokens")
+    assert {token: entry["prompt_name"] for token, entry in info.items()} == {
+        "<dbb-horizontal_bar>": "bar", "<dbb-vertical_bar>": "bar"}
