@@ -331,27 +331,33 @@ def _model_rows(run: Run) -> list[dict]:
     for role in MODEL_ROLES:
         entry = _get(run.report, "models", role)
         if not isinstance(entry, Mapping):
-            resolved = _get(run.report, "resolved_revisions", role) or {}
+            resolved = _resolved(run, role)
             rows.append({"role": role, "id": entry or NA, "revision": resolved.get("revision") or NA,
                          "commit": resolved.get("commit") or resolved.get("digest") or NA})
             continue
         label = f"{role} ({entry['backend']})" if entry.get("backend") else role
         named = [key for key in MODEL_ID_KEYS if entry.get(key)]
         for key in named:
-            prefix = "" if key == "id" else f"{key}_"
-            rows.append({"role": label if key == "id" else f"{label} {key}", "id": entry[key],
-                         "revision": entry.get(f"{prefix}revision") or NA,
-                         "commit": entry.get(f"{prefix}commit") or entry.get(f"{prefix}digest") or NA})
+            resolved = _resolved(run, role if key == "id" else f"{role}_{key}")
+            revision = resolved.get("revision") or entry.get("revision" if key == "id" else f"{key}_revision")
+            rows.append({"role": label if key == "id" else f"{label} {key}", "id": entry[key], "revision": revision or NA,
+                         "commit": resolved.get("commit") or resolved.get("digest") or NA})
         if not named:
             rows.append({"role": label, "id": NA, "revision": NA, "commit": NA})
     return rows
+
+
+def _resolved(run: Run, role: str) -> dict:
+    """The version the run's model ``role`` resolved to (``report.json``'s ``resolved_revisions``)."""
+    return _get(run.report, "resolved_revisions", role) or {}
 
 
 def _model_ref(run: Run, role: str) -> dict:
     """A model's id and the revision that loads exactly the run's version: its commit when recorded."""
     entry = _get(run.report, "models", role)
     if isinstance(entry, Mapping):
-        return {"id": entry.get("id") or NA, "revision": entry.get("commit") or entry.get("revision") or "main"}
+        revision = _resolved(run, role).get("commit") or entry.get("revision") or "main"
+        return {"id": entry.get("id") or NA, "revision": revision}
     return {"id": entry or NA, "revision": "main"}
 
 
@@ -709,7 +715,7 @@ def _base_model(run: Run) -> Optional[str]:
 def _base_model_text(run: Run, base_model: Optional[str]) -> str:
     if not base_model:
         return "random initialisation"
-    commit = _get(run.report, "resolved_revisions", "classifier", "commit")
+    commit = _resolved(run, "classifier").get("commit")
     return f"[{base_model}](https://huggingface.co/{base_model})" + (f" (commit `{commit}`)" if commit else "")
 
 

@@ -65,27 +65,6 @@ def _summary(metrics: dict) -> dict:
     return {k: metrics.get(k) for k in keys}
 
 
-def _models(configs, revisions: dict) -> dict:
-    """The models of the run, each with the revision asked for and the commit (or a local
-    folder's digest) it resolved to (:mod:`dbb_hf.revisions`)."""
-    def version(role: str, asked) -> dict:
-        entry = revisions.get(role) or {}
-        return {"revision": entry.get("revision", asked), "commit": entry.get("commit"), "digest": entry.get("digest")}
-
-    inpainting, masking, ti = configs["inpainting"], configs["masking"], configs["textual_inversion"]
-    detector, segmenter = version("masking_detector", masking.detector_revision), version(
-        "masking_segmenter", masking.segmenter_revision)
-    return {
-        "classifier": configs["classifier"].model_name,
-        "inpainting": {"backend": inpainting.backend, "id": inpainting.model_id,
-                       **version("inpainting", inpainting.revision)},
-        "masking": {"backend": masking.backend, "detector": masking.detector_id, "segmenter": masking.segmenter_id,
-                    **{f"detector_{k}": v for k, v in detector.items()},
-                    **{f"segmenter_{k}": v for k, v in segmenter.items()}},
-        "textual_inversion": {"id": ti.model_id, **version("textual_inversion", ti.revision)},
-    }
-
-
 def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, configs, data, timings, reused,
                  num_grid_examples: int, fingerprint: str | None = None, revisions: dict | None = None) -> dict:
     """Write report.json, report.md and the picture grid.
@@ -118,7 +97,16 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
         "selection_purity": info.get("purity"),
         "tokens": info.get("tokens"),
         "dataset": dataclasses.asdict(data),
-        "models": _models(configs, revisions),
+        "models": {
+            "classifier": configs["classifier"].model_name,
+            "inpainting": {"backend": configs["inpainting"].backend, "id": configs["inpainting"].model_id,
+                           "revision": configs["inpainting"].revision},
+            "masking": {"backend": configs["masking"].backend, "detector": configs["masking"].detector_id,
+                        "segmenter": configs["masking"].segmenter_id},
+            "textual_inversion": {"id": configs["textual_inversion"].model_id,
+                                  "revision": configs["textual_inversion"].revision},
+        },
+        # The version each model resolved to: {role: {"id", "revision", "commit"} or {"id", "digest"}}.
         "resolved_revisions": revisions,
         "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
         "reused_stages": reused,
