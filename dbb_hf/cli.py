@@ -199,7 +199,9 @@ def learn_tokens_main(argv: list[str]) -> int:
     images = _load_input(io)
     prompts = _prompts(images, io)
     per_class = {c: images.filter(lambda y: y == c, input_columns="label")["image"] for c in range(len(prompts))}
-    _print_json(learn_tokens(per_class, prompts, config, args.output_dir))
+    # Tokens are named after the classes; the prompts name the object with the words inpainting uses.
+    names = images.features["label"].names
+    _print_json(learn_tokens(per_class, names, config, args.output_dir, prompt_name=prompts))
     return 0
 
 

@@ -43,6 +43,7 @@ from .devices import diffusers_dtype, resolve_device, resolve_dtype
 from .hub_access import reaching
 from .images import to_rgb
 from .mask_arithmetic import binary_mask, mask_image
+from .revisions import default_revision
 from .stages import ImageGuard, ShardPlan, run_stage
 
 BACKENDS = ("diffusers", "compose")
@@ -61,9 +62,10 @@ class InpaintingConfig:
         default="sd2-community/stable-diffusion-2-inpainting",
         metadata={"help": "Inpainting pipeline on the Hub or a local folder (the paper: Stable Diffusion 2 inpainting)."},
     )
-    revision: str = field(
-        default="main",
-        metadata={"help": "Hub revision of model_id; pin a commit hash for reproducible runs."},
+    revision: str | None = field(
+        default=None,
+        metadata={"help": "Hub revision (branch, tag or commit) of model_id; default: for the default model the "
+                  "commit 5f74973cbb64c8568780732c17f43eb269d63a0d, else main. The run records the commit it used."},
     )
     torch_dtype: str = field(
         default="auto",
@@ -102,6 +104,8 @@ class InpaintingConfig:
     compile_unet: bool = field(default=False, metadata={"help": "torch.compile the UNet (pays off on long GPU runs)."})
 
     def __post_init__(self):
+        if self.revision is None:
+            self.revision = default_revision(self.model_id)
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.torch_dtype not in DTYPES:

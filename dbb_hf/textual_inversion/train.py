@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..devices import diffusers_dtype
+from ..precision import DTYPES, resolve as resolve_precision
 from ..state_files import load_state_file, save_state_file
 from .config import LoraTokenConfig, TextualInversionConfig, placeholder_token
 from .data import NOISE_STREAM, CausalTokenDataset, as_pil_list, sample_seed
@@ -183,9 +184,8 @@ class _TokenTraining:
         from accelerate.utils import set_seed
 
         if accelerator is None:
-            accelerator = Accelerator(
-                gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=config.mixed_precision
-            )
+            # No precision here: Accelerate keeps one per process, the launcher's (dbb_hf.precision).
+            accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
         elif accelerator.gradient_accumulation_steps != config.gradient_accumulation_steps:
             raise ValueError(
                 f"the accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches but "
@@ -197,9 +197,7 @@ class _TokenTraining:
         self.class_name, self.prompt_name = class_name, prompt_name
 
         set_seed(config.seed)  # LoRA's random init; everything else draws from per-sample seeds
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-            accelerator.mixed_precision, torch.float32
-        )
+        self.weight_dtype = DTYPES[resolve_precision(config.mixed_precision)]
         models = load_components(config, frozen_dtype=self.weight_dtype)
         self.tokenizer, self.text_encoder, self.vae, self.unet, self.noise_scheduler = (
             models[k] for k in ("tokenizer", "text_encoder", "vae", "unet", "noise_scheduler")
@@ -456,17 +454,24 @@ def learn_tokens(
     config: TextualInversionConfig,
     output_dir: str | os.PathLike,
     *,
-    prompt_name: str | None = None,
+    prompt_name: str | Sequence[str] | None = None,
 ) -> dict[int, str]:
     """Learn one token per class; returns ``{class index: token}``.
 
-    Each class is saved to ``output_dir/<class_name>/learned_embeds.safetensors`` (classes
-    whose file exists are skipped, so a rerun resumes) and all tokens together to
+    ``prompt_name``: the object word of the prompts, one for every class ("bird"), or one
+    per class in class order (the run's ``class_prompts``: the words inpainting prompts
+    with); default: each class's name. Each class is saved to
+    ``output_dir/<class_name>/learned_embeds.safetensors`` (classes whose file exists are
+    skipped, so a rerun resumes) and all tokens together to
     ``output_dir/learned_embeds.safetensors``, which ``load_tokens(pipe, output_dir)`` reads.
     """
     from accelerate import PartialState
 
     output_dir = os.fspath(output_dir)
+    prompt_names = [prompt_name] * len(class_names) if prompt_name is None or isinstance(prompt_name, str) \
+        else list(prompt_name)
+    if len(prompt_names) != len(class_names):
+        raise ValueError(f"prompt_name has {len(prompt_names)} words {prompt_names} for {len(class_names)} classes")
     tokens, vectors, info = {}, {}, {}
     for index in sorted(per_class_images):
         if not 0 <= index < len(class_names):
@@ -480,7 +485,7 @@ def learn_tokens(
         if not os.path.isfile(final):
             if len(per_class_images[index]) == 0:
                 raise ValueError(f"class {name!r} (index {index}) has no images to learn its token from")
-            learn_token(per_class_images[index], name, config, class_dir, prompt_name=prompt_name)
+            learn_token(per_class_images[index], name, config, class_dir, prompt_name=prompt_names[index])
         saved, saved_info = read_embeds(final)
         if token not in saved:
             raise ValueError(f"{final} holds {list(saved)}, not the token {token} of class {name!r}")
