@@ -32,6 +32,12 @@ def resolve_class_prompts(names: list[str], class_prompts: Optional[list[str]]) 
     return list(prompts)
 
 
+def shared_prompt(prompts: list[str]) -> Optional[str]:
+    """The object word textual inversion prompts with: the classes' one word when they share it
+    (Waterbirds: "bird"), else None (each class's own name). Tokens are named after the classes."""
+    return prompts[0] if len(set(prompts)) == 1 else None
+
+
 def check_dataset(dataset: DatasetDict, *, generating: bool) -> list[str]:
     """Labels in range and one class list in every split; with ``generating``, every class in train."""
     names = dataset["train"].features["label"].names
