@@ -260,7 +260,7 @@ def resolve_configs(
     ``build=False`` such fields hold :class:`dbb_hf.presets.Placeholder` objects, to be
     built later with :func:`dbb_hf.presets.materialize`.
     """
-    from .presets import LayerArgs, materialize
+    from .presets import LayerArgs, has_placeholder, materialize
 
     args = list(sys.argv[1:] if args is None else args)
     layer_args, args = preparse(LayerArgs, args)
@@ -281,7 +281,7 @@ def resolve_configs(
     configs = {}
     for (name, cls), prefixed in zip(sections.items(), parsed[len(plain_types) + 1 :]):
         configs[name] = cls(**{f.name[len(name) + 1 :]: getattr(prefixed, f.name) for f in fields(prefixed)})
-    if build:
+    if build and any(has_placeholder(value) for value in [*plain_out, *configs.values()]):
         root = build_root if build_root is not None else _run_folder(plain_out, by_section, merged)
         built: dict = {}
         plain_out = [materialize(value, root, built) for value in plain_out]

@@ -139,6 +139,11 @@ def _built(placeholder: Placeholder, root: str | os.PathLike | None, built: dict
     return value[key]
 
 
+def has_placeholder(config: Any) -> bool:
+    """Whether a field of ``config`` (a dataclass) is still to be built."""
+    return any(isinstance(getattr(config, f.name), Placeholder) for f in dataclasses.fields(config) if f.init)
+
+
 def materialize(config: Any, root: str | os.PathLike | None, built: dict | None = None) -> Any:
     """``config`` (a dataclass) with its :class:`Placeholder` fields built; ``built`` caches the builders' results."""
     built = {} if built is None else built
