@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Optional
 
 from accelerate import PartialState
-from datasets import ClassLabel, Dataset, DatasetDict, Image as ImageFeature, Value, load_from_disk
+from datasets import Dataset, DatasetDict, load_from_disk
 
 from . import __version__
+from .augmented import FORMAT_VERSION as AUGMENTED_FORMAT, build_augmented, thresholds
 from .config import DataConfig, to_yaml
 from .inpainting import InpaintingConfig, load_inpainting_pipeline, prepare_donors, run_inpainting
 from .masking import MaskingConfig, load_masking_models, run_masking
@@ -40,7 +41,7 @@ from .stages import (
     stage_fingerprint, write_text_atomic,
 )
 from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
-from .training import TrainingConfig, train_group_counts_of, evaluate_split, train_classifier
+from .training import TrainingConfig, evaluate_models, train_classifier
 
 
 
@@ -255,8 +256,8 @@ class Pipeline:
         )
         accounting["pruning"] = account_stage("pruning", generated, pruned)
         accounting["outcomes"] = outcome_counts(pruned)
-        return pruned, {"Psi": Psi, "purity": purity, "tokens": tokens, "fingerprint": fp_prune, "model": model,
-                        "accounting": accounting}
+        return pruned, {"Psi": Psi, "P": cfg["pruning"].P, "purity": purity, "tokens": tokens, "fingerprint": fp_prune,
+                        "model": model, "accounting": accounting}
 
     def _scored(self, stage: str, split: Dataset, model, fp_erm: str) -> Dataset:
         """``split`` with the ERM model's per-image ``erm_loss`` and ``erm_probs`` (a stage)."""
@@ -335,10 +336,13 @@ class Pipeline:
             augmented = given_augmented
             fp_aug = stage_fingerprint("augmented-given", self.run.augmented_dataset)
             pruned = None
+            # The edits were made elsewhere: what made them is what the dataset records, not this config.
+            info = {**thresholds(augmented), "thresholds_from": f"the given augmented dataset {self.run.augmented_dataset}"}
         else:
             pruned, info = self.generate(dataset, erm_dir, fp_erm)
-            fp_aug = stage_fingerprint("augmented", info["fingerprint"], fp_data)
-            augmented = self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned))
+            fp_aug = stage_fingerprint("augmented", info["fingerprint"], fp_data, AUGMENTED_FORMAT)
+            P = self.configs["pruning"].P
+            augmented = self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned, P))
         info["dropped_images"] = self.dropped_images(fp_data)
         retrained_dir, fp_retrained = self.retrain(augmented, erm_dir, fp_aug, fp_erm)
         fp_report = stage_fingerprint(
@@ -387,14 +391,7 @@ class Pipeline:
             if saved.get("fingerprint") == fingerprint:
                 self.reused.append("evaluation")
                 return saved["metrics"]
-        train_counts = train_group_counts_of(dataset["train"])
-        metrics = {}
-        for name, model_dir in (("erm", erm_dir), ("retrained", retrained_dir)):
-            model = load_classifier(model_dir, device=self.device)
-            metrics[name] = {
-                split: evaluate_split(model, dataset[split], train_group_counts=train_counts)
-                for split in ("validation", "test")
-            }
+        metrics = evaluate_models({"erm": erm_dir, "retrained": retrained_dir}, dataset, device=self.device)
         write_text_atomic(path, json.dumps({"fingerprint": fingerprint, "metrics": metrics}, default=str))
         # Read back what was written, so a first run and a rerun report identical values.
         return json.loads(path.read_text())["metrics"]
@@ -440,49 +437,4 @@ def local_models(*model_ids) -> list:
     its files' names, sizes and modification times join the fingerprint.
     """
     return [source_signature(model_id) for model_id in model_ids]
-
-
-def build_augmented(dataset: DatasetDict, pruned: Dataset) -> DatasetDict:
-    """Real ``train``, kept edits as ``synthetic`` (label = new class, with provenance), ``validation``, ``test``."""
-    kept = pruned.filter(lambda keep: bool(keep), input_columns="keep")
-    features = dataset["train"].features
-    num_spurious = features["spurious"].num_classes if "spurious" in features else 1
-
-    def to_synthetic(batch):
-        return {
-            "image": batch["generated"],
-            "label": batch["target_label"],
-            "source_label": batch["label"],
-            "source_example_id": batch["example_id"],
-            "example_id": [f"{e}->t{t}" for e, t in zip(batch["example_id"], batch["target_label"])],
-            "group": [t * num_spurious + s for t, s in zip(batch["target_label"], batch.get("spurious", [0] * len(batch["label"])))],
-        }
-
-    drop = [c for c in ("image", "generated", "erm_probs") if c in kept.column_names]
-    synthetic_features = kept.features.copy()
-    synthetic_features["source_label"] = ClassLabel(names=features["label"].names)
-    synthetic_features["source_example_id"] = Value("string")
-    synthetic_features["label"] = features["label"]
-    for column in drop:
-        synthetic_features.pop(column)
-    synthetic_features["image"] = ImageFeature()
-    synthetic = kept.map(
-        to_synthetic, batched=True, remove_columns=drop + ["target_label"],
-        features=_ordered(synthetic_features, features), desc="augmented",
-    ) if len(kept) else _empty_synthetic(synthetic_features, features)
-    return DatasetDict(
-        {"train": dataset["train"], "synthetic": synthetic, "validation": dataset["validation"], "test": dataset["test"]}
-    )
-
-
-def _ordered(synthetic_features, features):
-    from datasets import Features
-
-    order = [c for c in features if c in synthetic_features] + [c for c in synthetic_features if c not in features]
-    return Features({c: synthetic_features[c] for c in order if c != "target_label"})
-
-
-def _empty_synthetic(synthetic_features, features):
-    ordered = _ordered(synthetic_features, features)
-    return Dataset.from_dict({c: [] for c in ordered}, features=ordered)
 

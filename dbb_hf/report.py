@@ -18,6 +18,7 @@ from .metrics import format_group_table
 from .stages import write_text_atomic
 
 TILE = 96
+UNKNOWN = "unknown"  # a value the run cannot know (edits made elsewhere that do not record it)
 
 
 def direction_counts(pruned: Dataset) -> dict:
@@ -69,18 +70,23 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
                  num_grid_examples: int, fingerprint: str | None = None, revisions: dict | None = None) -> dict:
     """Write report.json, report.md and the picture grid.
 
+    ``metrics`` are ``{model: {split: metrics}}`` for "retrained" and, when known, "erm".
+    ``info`` holds what the run knows of how the edits were made: ``Psi``, ``P`` (per class),
+    ``purity``, ``tokens``, ``accounting`` and the ERM ``model``; with edits made elsewhere
+    (a given augmented dataset), ``generators`` and ``thresholds_from`` instead. Without
+    ``pruned`` (no edits made here) the counts and the pictures are left out.
     ``fingerprint`` names everything the pictures depend on (data, models, edits, number
     of examples): a grid saved under the same fingerprint is reused, not drawn again.
     ``revisions``: the resolved version of every model the run loaded (``resolved_revisions``).
     """
     out = Path(out)
     revisions = revisions or {}
+    test = {name: m["test"] for name, m in metrics.items()}
     report = {
-        "erm": _summary(metrics["erm"]["test"]),
-        "retrained": _summary(metrics["retrained"]["test"]),
+        "erm": _summary(test["erm"]) if "erm" in test else None,
+        "retrained": _summary(test["retrained"]),
         "validation": {name: _summary(m["validation"]) for name, m in metrics.items()},
-        "gain_worst_group_accuracy": metrics["retrained"]["test"]["worst_group_accuracy"]
-        - metrics["erm"]["test"]["worst_group_accuracy"],
+        "gain_worst_group_accuracy": _gain(test.get("erm"), test["retrained"]),
         "counts": direction_counts(pruned) if pruned is not None else None,
         "pruning": pruning_counts(pruned) if pruned is not None else None,
         "synthetic_rows": len(augmented["synthetic"]),
@@ -93,19 +99,12 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
             **(info.get("accounting") or {}),
         },
         "Psi": info.get("Psi"),
-        "P": list(configs["pruning"].P) if isinstance(configs["pruning"].P, (list, tuple)) else configs["pruning"].P,
+        "P": list(info["P"]) if isinstance(info.get("P"), (list, tuple)) else info.get("P"),
+        "thresholds_from": info.get("thresholds_from", "this run"),
         "selection_purity": info.get("purity"),
         "tokens": info.get("tokens"),
-        "dataset": dataclasses.asdict(data),
-        "models": {
-            "classifier": configs["classifier"].model_name,
-            "inpainting": {"backend": configs["inpainting"].backend, "id": configs["inpainting"].model_id,
-                           "revision": configs["inpainting"].revision},
-            "masking": {"backend": configs["masking"].backend, "detector": configs["masking"].detector_id,
-                        "segmenter": configs["masking"].segmenter_id},
-            "textual_inversion": {"id": configs["textual_inversion"].model_id,
-                                  "revision": configs["textual_inversion"].revision},
-        },
+        "dataset": dataclasses.asdict(data) if dataclasses.is_dataclass(data) else data,
+        "models": _models(configs, info),
         # The version each model resolved to: {role: {"id", "revision", "commit"} or {"id", "digest"}}.
         "resolved_revisions": revisions,
         "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
@@ -126,6 +125,29 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
         )
     write_text_atomic(out / "report.md", _markdown(report, metrics, has_grid, has_pruned_grid))
     return report
+
+
+def _gain(erm, retrained) -> float | None:
+    if erm is None or erm["worst_group_accuracy"] is None or retrained["worst_group_accuracy"] is None:
+        return None
+    return retrained["worst_group_accuracy"] - erm["worst_group_accuracy"]
+
+
+def _models(configs: dict, info: dict) -> dict:
+    """The models behind the report: the classifier, and the generation stages' models as
+    configured, or as the given augmented dataset records them (its ``generator`` column)."""
+    models = {"classifier": configs["classifier"].model_name}
+    if "generators" in info:
+        models["inpainting"] = {"generators": info["generators"] or UNKNOWN}
+        models["masking"] = models["textual_inversion"] = UNKNOWN
+        return models
+    models["inpainting"] = {"backend": configs["inpainting"].backend, "id": configs["inpainting"].model_id,
+                            "revision": configs["inpainting"].revision}
+    models["masking"] = {"backend": configs["masking"].backend, "detector": configs["masking"].detector_id,
+                         "segmenter": configs["masking"].segmenter_id}
+    models["textual_inversion"] = {"id": configs["textual_inversion"].model_id,
+                                   "revision": configs["textual_inversion"].revision}
+    return models
 
 
 def _cached_picture(path: Path, fingerprint: str | None, draw) -> bool:
@@ -149,6 +171,13 @@ def _cached_picture(path: Path, fingerprint: str | None, draw) -> bool:
     if fingerprint is not None:
         write_text_atomic(mark, json.dumps({"fingerprint": fingerprint}))
     return True
+
+
+def _thresholds(values) -> str:
+    """Per-class thresholds as text, "unknown" where the run does not know them."""
+    if values is None or values == UNKNOWN:
+        return UNKNOWN
+    return "[" + ", ".join(UNKNOWN if v is None else str(v) for v in values) + "]"
 
 
 def _pct(x) -> str:
@@ -176,12 +205,14 @@ def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool
         "| model | test worst-group acc. | test average acc. | test weighted avg. | validation worst-group acc. |",
         "|---|---|---|---|---|",
     ]
-    for name in ("erm", "retrained"):
+    names = [name for name in ("erm", "retrained") if name in metrics]
+    for name in names:
         t, v = report[name], report["validation"][name]
         lines.append(f"| {name} | {_pct(t['worst_group_accuracy'])} | {_pct(t['average_accuracy'])} "
                      f"| {_pct(t['weighted_average_accuracy'])} | {_pct(v['worst_group_accuracy'])} |")
-    lines += ["", f"Worst-group gain: {100 * report['gain_worst_group_accuracy']:+.1f} points.", ""]
-    for name in ("erm", "retrained"):
+    gain = report["gain_worst_group_accuracy"]
+    lines += ["", "Worst-group gain: " + ("n/a" if gain is None else f"{100 * gain:+.1f} points") + ".", ""]
+    for name in names:
         lines += [f"## {name}: test accuracy per group", "", format_group_table(metrics[name]["test"]), ""]
     if report["counts"]:
         lines += ["## Edits per direction", "", "| direction | selected | masked | generated | kept | pruned |",
@@ -189,7 +220,8 @@ def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool
         for direction, c in report["counts"].items():
             lines.append(f"| {direction} | {c['selected']} | {c['masked']} | {c['generated']} | {c['kept']} | {c['pruned']} |")
         lines.append("")
-    lines += [f"Psi (per source class): {report['Psi']}; P (per target class): {report['P']}", ""]
+    lines += [f"Psi (per source class): {_thresholds(report['Psi'])}; P (per target class): "
+              f"{_thresholds(report['P'])} (from {report['thresholds_from']})", ""]
     lines += _revisions_markdown(report.get("resolved_revisions") or {})
     lines += _accounting_markdown(report.get("accounting") or {})
     if report.get("pruning"):

@@ -262,6 +262,20 @@ def _lone_last_image(num_images: int, batch_size: int, model: torch.nn.Module) -
     return lone
 
 
+def evaluate_models(model_dirs: dict[str, str], dataset, *, splits: Sequence[str] = ("validation", "test"),
+                    device=None) -> dict:
+    """``{name: {split: metrics}}`` of each saved classifier (``{name: folder}``) on ``splits``,
+    the weighted average weighted by ``dataset["train"]``'s groups (as DFR / JTT)."""
+    from .modeling import load_classifier
+
+    train_counts = train_group_counts_of(dataset["train"])
+    metrics = {}
+    for name, model_dir in model_dirs.items():
+        model = load_classifier(model_dir, device=device)
+        metrics[name] = {split: evaluate_split(model, dataset[split], train_group_counts=train_counts) for split in splits}
+    return metrics
+
+
 def _make_optimizer(model, config: TrainingConfig):
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
