@@ -341,18 +341,63 @@ def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     return None, argv
 
 
-def run_pipeline(argv: list[str], defaults: dict | None = None) -> dict:
-    """Parse the pipeline's configs (YAML defaults, then flags) and run it."""
+def _with_config_file(argv: list[str], defaults: dict | None) -> tuple[dict, list[str]]:
+    """``defaults`` with the sections of ``--config FILE`` over them, and the other arguments."""
     from .config import load_yaml
-    from .pipeline import SECTIONS, Pipeline, RunConfig
 
     config_file, argv = _split_config_flag(argv)
     merged = dict(defaults or {})
     if config_file:
         for section, values in load_yaml(config_file).items():
             merged[section] = {**merged.get(section, {}), **values} if isinstance(values, dict) else values
+    return merged, argv
+
+
+def run_pipeline(argv: list[str], defaults: dict | None = None) -> dict:
+    """Parse the pipeline's configs (YAML defaults, then flags) and run it."""
+    from .pipeline import SECTIONS, Pipeline, RunConfig
+
+    merged, argv = _with_config_file(argv, defaults)
+    merged.pop("compare", None)  # a recipe's YAML may hold `dbb-hf compare`'s section
     data, run, configs = parse_sections(SECTIONS, [DataConfig, RunConfig], argv, defaults=merged)
     return Pipeline(data, run, configs)()
+
+
+def run_compare(argv: list[str], defaults: dict | None = None) -> dict:
+    """Parse ``compare``'s configs (the pipeline's, the baselines', ``compare``) and run every cell."""
+    from .compare import SECTIONS, CompareConfig, run_compare as compare
+    from .pipeline import RunConfig
+
+    merged, argv = _with_config_file(argv, defaults)
+    data, run, compare_config, configs = parse_sections(SECTIONS, [DataConfig, RunConfig, CompareConfig], argv,
+                                                        defaults=merged)
+    return compare(data, run, configs, compare_config)
+
+
+@command(
+    "compare",
+    "DBB against ERM, group reweighting/upsampling, GroupDRO, JTT and DFR over several seeds in one harness "
+    "(results.json, results.md, results.png); on the toy, the demo's settings (--generator as for demo).",
+)
+def compare_main(argv: list[str]) -> int:
+    from .compare import results_markdown
+    from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS, demo_preset
+
+    generator, argv = pop_flag(argv, "--generator")
+    defaults = None
+    if "--config" not in argv:
+        # Without a YAML file the toy runs offline with the demo's settings (the library's
+        # defaults name ResNet-50 and Stable Diffusion 2 on the Hub).
+        generator = generator or DEFAULT_DEMO_GENERATOR
+        if generator not in DEMO_GENERATORS:
+            raise SystemExit(f"compare: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")
+        defaults = demo_preset(generator)
+        defaults["run"] = {**defaults.get("run", {}), "output_dir": "runs/compare"}
+    elif generator is not None:
+        raise SystemExit("compare: --generator chooses the demo's settings; with --config the YAML file does")
+    results = run_compare(argv, defaults=defaults)
+    print(results_markdown(results))
+    return 0
 
 
 @command("run", "The whole method end to end (resumable); --config FILE for YAML defaults.")

@@ -45,7 +45,7 @@ def section_parser(sections: Mapping[str, type], plain: Sequence[type] = ()) -> 
     return HfArgumentParser(types)
 
 
-PLAIN_SECTIONS = ("data", "run")  # YAML sections whose fields are not prefixed on the command line
+PLAIN_SECTIONS = ("data", "run", "compare")  # YAML sections whose fields are not prefixed on the command line
 
 
 def flatten(nested: Mapping[str, Mapping[str, Any]]) -> dict:

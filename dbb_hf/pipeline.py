@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from accelerate import PartialState
 from datasets import ClassLabel, Dataset, DatasetDict, Image as ImageFeature, Value, load_from_disk
 
@@ -190,21 +191,32 @@ class Pipeline:
             return self.run.erm_model, stage_fingerprint(
                 "erm-given", self.run.erm_model, local_models(self.run.erm_model)
             )
-        start = time.perf_counter()
         config = dataclasses.replace(self.configs["erm"], output_dir=str(self.out / "erm"))
         fp = stage_fingerprint("erm", [self.configs["classifier"], dataclasses.replace(config, output_dir="")], fp_data)
-        if self._claim("erm", fp):
-            self.reused.append("erm")
-        else:
+
+        def train(stage_dir):
             result = train_classifier(
                 dataset["train"], dataset["validation"], self.configs["classifier"], config,
                 metadata={"stage": "erm", "dataset": dataclasses.asdict(self.data)},
             )
+            return {"best_epoch": result.best_epoch}
+
+        return self.trained("erm", fp, train), fp
+
+    def trained(self, stage: str, fingerprint: str, train) -> str:
+        """The model folder ``output_dir/<stage>/model``, trained by ``train(stage_dir)`` unless a
+        run with ``fingerprint`` finished there (a dict that ``train`` returns joins ``stage.json``)."""
+        start = time.perf_counter()
+        if self._claim(stage, fingerprint):
+            self.reused.append(stage)
+        else:
+            info = train(self.out / stage)
+            info = info if isinstance(info, dict) else {}
             if self.state.is_main_process:
-                write_text_atomic(self.out / "erm" / STAGE_INFO, json.dumps({"fingerprint": fp, "best_epoch": result.best_epoch}))
+                write_text_atomic(self.out / stage / STAGE_INFO, json.dumps({"fingerprint": fingerprint, **info}))
             self.state.wait_for_everyone()
-        self.timings["erm"] = time.perf_counter() - start
-        return str(self.out / "erm" / "model"), fp
+        self.timings[stage] = time.perf_counter() - start
+        return str(self.out / stage / "model")
 
     def generate(self, dataset: DatasetDict, erm_dir: str, fp_erm: str):
         """Stages 1-5: the pruned set of edits with every provenance column, and Psi."""
@@ -212,10 +224,7 @@ class Pipeline:
         model = load_classifier(erm_dir, device=self.device)
         cfg = self.configs
 
-        scored = self._cached(
-            "scores", stage_fingerprint("scores", {}, fp_erm),
-            lambda d: self._main_only(d, lambda: score_dataset(dataset["train"], model, device=self.device, model_id=fp_erm)),
-        )
+        scored = self.score_train(dataset, model, fp_erm)
         Psi = class_confidence(scored)
 
         fp_sel = stage_fingerprint("selection", cfg["selection"], fp_erm)
@@ -254,6 +263,13 @@ class Pipeline:
         return pruned, {"Psi": Psi, "purity": purity, "tokens": tokens, "fingerprint": fp_prune, "model": model,
                         "accounting": accounting}
 
+    def score_train(self, dataset: DatasetDict, model, fp_erm: str, stage: str = "scores") -> Dataset:
+        """Stage 1a: the training split with each image's loss and probabilities under ``model``."""
+        return self._cached(
+            stage, stage_fingerprint("scores", {}, fp_erm),
+            lambda d: self._main_only(d, lambda: score_dataset(dataset["train"], model, device=self.device, model_id=fp_erm)),
+        )
+
     def _learn_tokens(self, dataset, scored, prompts, fp_sel):
         cfg = self.configs
         fp = stage_fingerprint(
@@ -284,10 +300,20 @@ class Pipeline:
             if config.backend == "column" and config.mask_column == "mask":
                 config = dataclasses.replace(config, mask_column="source_mask")
         models = None if config.backend == "column" else load_masking_models(config, self.device)
-        return run_masking(
-            selected, config, class_names=prompts, models=models, device=self.device,
+        # With more than two classes an image has one row per target class (adjacent); its
+        # mask depends on the image and its own class only, so each image is masked once.
+        ids = selected["example_id"]
+        is_first = [i == 0 or ids[i - 1] != e for i, e in enumerate(ids)]
+        images = selected if all(is_first) else selected.select(np.flatnonzero(is_first))
+        once = run_masking(
+            images, config, class_names=prompts, models=models, device=self.device,
             output_dir=stage_dir, shard_size=self.run.shard_size, **self._sharding(),
         )
+        if all(is_first):
+            return once
+        return once.select(np.cumsum(is_first) - 1).remove_columns("target_label").add_column(
+            "target_label", selected["target_label"], feature=selected.features["target_label"]
+        ).select_columns(once.column_names)
 
     def _run_generation(self, masked: Dataset, prompts, tokens, stage_dir: Path) -> Dataset:
         config = self.configs["inpainting"]
@@ -333,27 +359,18 @@ class Pipeline:
         return self.report(dataset, augmented, pruned, erm_dir, retrained_dir, info, fp_report)
 
     def retrain(self, augmented: DatasetDict, erm_dir: str, fp_aug: str, fp_erm: str) -> tuple[str, str]:
-        start = time.perf_counter()
         config = dataclasses.replace(self.configs["retraining"], output_dir=str(self.out / "retrained"))
         fp = stage_fingerprint(
             "retrained", [self.configs["classifier"], dataclasses.replace(config, output_dir="")],
             # The ERM model by fingerprint, not by path: a run folder moved elsewhere is reused.
             fp_aug, fp_erm if self.run.retrain_from_erm else None,
         )
-        if self._claim("retrained", fp):
-            self.reused.append("retrained")
-        else:
-            train_classifier(
-                augmented["train"], augmented["validation"], self.configs["classifier"], config,
-                synthetic=augmented["synthetic"],
-                init_model_dir=erm_dir if self.run.retrain_from_erm else None,
-                metadata={"stage": "retrained", "dataset": dataclasses.asdict(self.data)},
-            )
-            if self.state.is_main_process:
-                write_text_atomic(self.out / "retrained" / STAGE_INFO, json.dumps({"fingerprint": fp}))
-            self.state.wait_for_everyone()
-        self.timings["retrained"] = time.perf_counter() - start
-        return str(self.out / "retrained" / "model"), fp
+        return self.trained("retrained", fp, lambda stage_dir: train_classifier(
+            augmented["train"], augmented["validation"], self.configs["classifier"], config,
+            synthetic=augmented["synthetic"],
+            init_model_dir=erm_dir if self.run.retrain_from_erm else None,
+            metadata={"stage": "retrained", "dataset": dataclasses.asdict(self.data)},
+        )), fp
 
     def evaluate(self, dataset, erm_dir, retrained_dir, fingerprint: str) -> dict:
         """Validation and test metrics of both models, saved beside the report and reused
