@@ -381,19 +381,14 @@ def run_compare(argv: list[str], defaults: dict | None = None) -> dict:
 )
 def compare_main(argv: list[str]) -> int:
     from .compare import results_markdown
-    from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS, demo_preset
 
-    generator, argv = pop_flag(argv, "--generator")
     defaults = None
     if "--config" not in argv:
         # Without a YAML file the toy runs offline with the demo's settings (the library's
         # defaults name ResNet-50 and Stable Diffusion 2 on the Hub).
-        generator = generator or DEFAULT_DEMO_GENERATOR
-        if generator not in DEMO_GENERATORS:
-            raise SystemExit(f"compare: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")
-        defaults = demo_preset(generator)
+        defaults, argv = _demo_defaults(argv, "compare")
         defaults["run"] = {**defaults.get("run", {}), "output_dir": "runs/compare"}
-    elif generator is not None:
+    elif "--generator" in argv:
         raise SystemExit("compare: --generator chooses the demo's settings; with --config the YAML file does")
     results = run_compare(argv, defaults=defaults)
     print(results_markdown(results))
@@ -413,17 +408,23 @@ def run_main(argv: list[str]) -> int:
     "The whole method offline on the embedded toy benchmark; --generator diffusion (textual inversion + "
     "inpainting with the miniature prior shipped in the package) or compose (paste donor objects).",
 )
-def demo_main(argv: list[str]) -> int:
+def _demo_defaults(argv: list[str], name: str) -> tuple[dict, list[str]]:
+    """The demo's preset for ``--generator`` (default: the demo's generator), and the other arguments."""
     from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS, demo_preset
 
     generator, argv = pop_flag(argv, "--generator")
     generator = generator or DEFAULT_DEMO_GENERATOR
     if generator not in DEMO_GENERATORS:
-        raise SystemExit(f"demo: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")
+        raise SystemExit(f"{name}: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")
     if "-h" in argv or "--help" in argv:
         print(f"--generator {{{','.join(sorted(DEMO_GENERATORS))}}}: how edits are made "
               f"(default: {DEFAULT_DEMO_GENERATOR}); the flags below override the preset's values.\n")
-    report = run_pipeline(argv, defaults=demo_preset(generator))
+    return demo_preset(generator), argv
+
+
+def demo_main(argv: list[str]) -> int:
+    defaults, argv = _demo_defaults(argv, "demo")
+    report = run_pipeline(argv, defaults=defaults)
     if report is not None:
         erm, retrained = report["erm"], report["retrained"]
         print(

@@ -69,10 +69,16 @@ def tiny_overrides(models_dir: str | os.PathLike) -> dict:
 
 
 def run_recipe(recipe_yaml: str, argv: list[str] | None = None) -> int:
-    """Run the pipeline with ``recipe_yaml`` as defaults, then the command-line flags."""
-    from .cli import run_pipeline
+    """Run the pipeline with ``recipe_yaml`` as defaults, then the command-line flags.
+
+    ``compare`` as the first argument runs ``dbb-hf compare`` on the recipe's settings instead
+    (the YAML's ``compare`` section, then the flags): DBB against the baselines.
+    """
+    from .cli import run_compare, run_pipeline
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    comparing = bool(argv) and argv[0] == "compare"
+    argv = argv[1:] if comparing else argv
     preset, argv = pop_flag(argv, "--preset")
     defaults = load_yaml(recipe_yaml)
     if preset is not None:
@@ -80,6 +86,13 @@ def run_recipe(recipe_yaml: str, argv: list[str] | None = None) -> int:
             raise SystemExit(f"--preset must be one of {PRESETS}, got {preset!r}")
         output_dir = _flag_value(argv, "--output_dir") or defaults.get("run", {}).get("output_dir", "runs/dbb")
         defaults = merge_sections(defaults, tiny_overrides(Path(output_dir) / "tiny_models"))
+    if comparing:
+        from .compare import results_markdown
+
+        results = run_compare(argv, defaults=defaults)
+        if PartialState().is_main_process:
+            print(results_markdown(results))
+        return 0
     report = run_pipeline(argv, defaults=defaults)
     if report is not None:
         erm, retrained = report["erm"], report["retrained"]
