@@ -307,7 +307,7 @@ def run_compare(data: DataConfig, run: RunConfig, configs: dict, compare: Compar
     """Run every (method, seed) cell that is not saved yet, then write the results (module docstring)."""
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     cells: dict = {}
     for seed in compare.seed_list:
         seeded = seeded_configs(configs, seed, compare)
@@ -318,13 +318,15 @@ def run_compare(data: DataConfig, run: RunConfig, configs: dict, compare: Compar
                                    data, source_signature(data.data_dir), compare.model_selection)
             saved = json.loads(path.read_text()) if path.exists() else None
             if saved is None or saved.get("fingerprint") != fp:
-                cell_start = time.perf_counter()
+                cell_start, cpu_start = time.perf_counter(), time.process_time()
                 model_dir, extra = runner(s)
                 metrics = _evaluate(model_dir, s.data[0], s.pipeline.device)
                 saved = {
                     "method": method, "seed": seed, "fingerprint": fp, "model_dir": model_dir,
                     "group_labels_used": group_labels_used(method, seeded, compare),
                     "model_selection": compare.model_selection, "seconds": round(time.perf_counter() - cell_start, 1),
+                    # CPU time of this process (all its threads): the cost on a busy machine too.
+                    "cpu_seconds": round(time.process_time() - cpu_start, 1),
                     "extra": extra, **metrics,
                 }
                 if s.pipeline.state.is_main_process:
@@ -334,10 +336,12 @@ def run_compare(data: DataConfig, run: RunConfig, configs: dict, compare: Compar
             else:
                 saved["reused"] = True
             cells.setdefault(cell_name, []).append(saved)
-    results = summarise(cells, compare, configs)
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    if run.output_dir and _is_main():
-        write_results(out, results)
+        # After every seed, so that a long comparison shows (and keeps) what it has so far.
+        results = summarise(cells, compare, configs)
+        results["seconds"] = round(time.perf_counter() - start, 1)
+        results["cpu_seconds"] = round(time.process_time() - cpu_start, 1)
+        if _is_main():
+            write_results(out, results)
     return results
 
 
@@ -372,6 +376,7 @@ def _cell_summary(runs: list[dict]) -> dict:
         "group_labels_used": runs[0]["group_labels_used"],
         "model_selection": runs[0]["model_selection"],
         "seconds": _mean_std([r["seconds"] for r in runs if not r.get("reused")]),
+        "cpu_seconds": _mean_std([r["cpu_seconds"] for r in runs if not r.get("reused")]),
         "extra": [r["extra"] for r in runs],
     }
 
@@ -379,7 +384,7 @@ def _cell_summary(runs: list[dict]) -> dict:
 def summarise(cells: dict, compare: CompareConfig, configs: dict) -> dict:
     """results.json's content: per method, mean and std over seeds of each metric and of each group;
     with a P sweep, DBB's worst-group accuracy and kept edits per P."""
-    results = {"methods": {m: _cell_summary(cells[m]) for m in compare.method_list},
+    results = {"methods": {m: _cell_summary(cells[m]) for m in compare.method_list if m in cells},
                "model_selection": compare.model_selection}
     if compare.P_sweep:
         sweep = {}
@@ -392,6 +397,13 @@ def summarise(cells: dict, compare: CompareConfig, configs: dict) -> dict:
             sweep[P]["synthetic_rows"] = _mean_std([e["synthetic_rows"] for e in summary["extra"]])
         results["P_sweep"] = sweep
     return results
+
+
+def _seconds(method: dict) -> str:
+    """Mean time of the cells computed in this run (a reused cell costs nothing): the first method
+    of a seed also pays for the stages it shares with the others (data, ERM)."""
+    wall, cpu = method["seconds"], method["cpu_seconds"]
+    return "reused" if wall is None else f"{wall['mean']:.0f} / {cpu['mean']:.0f}"
 
 
 def _pct(stat: dict | None) -> str:
@@ -412,13 +424,14 @@ def results_markdown(results: dict) -> str:
         "# dbb-hf compare", "",
         f"Seeds {', '.join(map(str, seeds))}; model selection for every method: "
         f"{SELECTION_WORDS[results['model_selection']]}. Test accuracy in %, mean ± std over seeds.", "",
-        "| method | group labels used | worst-group acc. | average acc. | weighted avg. acc. | validation worst-group |",
-        "|---|---|---|---|---|---|",
+        "| method | group labels used | worst-group acc. | average acc. | weighted avg. acc. | validation worst-group "
+        "| seconds per seed (wall / CPU) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, m in methods.items():
         lines.append(f"| {name} | {m['group_labels_used']} | {_pct(m['worst_group_accuracy'])} "
                      f"| {_pct(m['average_accuracy'])} | {_pct(m['weighted_average_accuracy'])} "
-                     f"| {_pct(m['validation_worst_group_accuracy'])} |")
+                     f"| {_pct(m['validation_worst_group_accuracy'])} | {_seconds(m)} |")
     groups = list(next(iter(methods.values()))["per_group_accuracy"])
     lines += ["", "## Test accuracy per group", "", "| group | n | " + " | ".join(methods) + " |",
               "|---|---:|" + "---|" * len(methods)]

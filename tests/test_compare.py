@@ -89,7 +89,7 @@ def test_a_rerun_reuses_every_finished_cell(compared):
     written = cell.stat().st_mtime_ns
     again = _compare(out, "--methods", "erm,jtt", "--seeds", "2")
     assert cell.stat().st_mtime_ns == written
-    assert again["methods"]["jtt"] == {**first["methods"]["jtt"], "seconds": None}
+    assert again["methods"]["jtt"] == {**first["methods"]["jtt"], "seconds": None, "cpu_seconds": None}
 
 
 def test_model_selection_without_group_labels(tmp_path):
