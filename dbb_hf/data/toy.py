@@ -21,8 +21,11 @@ from PIL import Image
 
 from .common import base_features, from_records
 
-LABEL_NAMES = ["horizontal_bar", "vertical_bar", "square"]
-SPURIOUS_NAMES = ["land", "water", "sand"]
+LABEL_NAMES = ["horizontal_bar", "vertical_bar"]
+SPURIOUS_NAMES = ["land", "water"]
+# num_classes=3: a third object and its majority background.
+THREE_CLASS_LABEL_NAMES = LABEL_NAMES + ["square"]
+THREE_CLASS_SPURIOUS_NAMES = SPURIOUS_NAMES + ["sand"]
 
 
 @dataclass
@@ -125,7 +128,8 @@ def load_toy(config: ToyConfig | None = None) -> DatasetDict:
     """Generate the toy benchmark (deterministic for ``config.seed``)."""
     config = config or ToyConfig()
     k = config.num_classes
-    features = base_features(LABEL_NAMES[:k], SPURIOUS_NAMES[:k], mask=ImageFeature())
+    names = (LABEL_NAMES, SPURIOUS_NAMES) if k == 2 else (THREE_CLASS_LABEL_NAMES, THREE_CLASS_SPURIOUS_NAMES)
+    features = base_features(*names, mask=ImageFeature())
     sizes = {"train": config.num_train, "validation": config.num_validation, "test": config.num_test}
     splits = {}
     for index, (split, n) in enumerate(sizes.items()):
