@@ -403,11 +403,6 @@ def run_main(argv: list[str]) -> int:
     return 0
 
 
-@command(
-    "demo",
-    "The whole method offline on the embedded toy benchmark; --generator diffusion (textual inversion + "
-    "inpainting with the miniature prior shipped in the package) or compose (paste donor objects).",
-)
 def _demo_defaults(argv: list[str], name: str) -> tuple[dict, list[str]]:
     """The demo's preset for ``--generator`` (default: the demo's generator), and the other arguments."""
     from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS, demo_preset
@@ -422,6 +417,11 @@ def _demo_defaults(argv: list[str], name: str) -> tuple[dict, list[str]]:
     return demo_preset(generator), argv
 
 
+@command(
+    "demo",
+    "The whole method offline on the embedded toy benchmark; --generator diffusion (textual inversion + "
+    "inpainting with the miniature prior shipped in the package) or compose (paste donor objects).",
+)
 def demo_main(argv: list[str]) -> int:
     defaults, argv = _demo_defaults(argv, "demo")
     report = run_pipeline(argv, defaults=defaults)

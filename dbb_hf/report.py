@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -76,13 +77,28 @@ def rho_histograms(pruned: Dataset, bins: int = 20) -> dict:
             values[(source, target)]["kept" if keep else "pruned"].append(rho)
     out = {}
     for (source, target), v in sorted(values.items()):
-        everything = v["kept"] + v["pruned"]
-        edges = np.histogram_bin_edges(everything, bins=bins)
+        edges = _round_edges(min(v["kept"] + v["pruned"]), max(v["kept"] + v["pruned"]), bins)
         out[f"{names[source]}->{names[target]}"] = {
-            "edges": edges.tolist(),
+            "edges": edges,
             **{k: np.histogram(v[k], bins=edges)[0].tolist() for k in ("kept", "pruned")},
         }
     return out
+
+
+def _round_edges(low: float, high: float, bins: int) -> list[float]:
+    """About ``bins`` bins of a round width (1, 2, 2.5 or 5 times a power of ten) covering [low, high].
+
+    Round edges read well, and do not move with the float rounding of the scores (rho from
+    another batch size differs by ~1e-8), so the same run gives the same histograms.
+    """
+    raw = max(high - low, 1e-6) / bins
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
+    start = math.floor(low / step) * step
+    count = max(1, math.ceil((high - start) / step))
+    while round(start + count * step, 10) < high:
+        count += 1
+    return [round(start + k * step, 10) for k in range(count + 1)]
 
 
 def rho_figure(histograms: dict, P: list[float], names: list[str]) -> Image.Image | None:
