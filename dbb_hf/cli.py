@@ -428,6 +428,55 @@ def run_pipeline(argv: list[str] | None = None, defaults=None, *, presets=(), ov
     return Pipeline(data, run, configs)()
 
 
+def run_compare(argv: list[str] | None = None, defaults=None, *, presets=(), overrides=()) -> dict:
+    """Run ``dbb-hf compare`` with the configs of :func:`dbb_hf.config.resolve_configs` (as
+    :func:`run_pipeline`, plus the baselines' sections and ``compare``'s own)."""
+    from .compare import SECTIONS, CompareConfig, run_compare as compare
+    from .pipeline import RunConfig
+
+    data, run, compare_config, configs = resolve_configs(
+        SECTIONS, [DATA, ("run", RunConfig), ("compare", CompareConfig)], argv,
+        layers=[defaults] if defaults else [], presets=presets, overrides=overrides,
+    )
+    return compare(data, run, configs, compare_config)
+
+
+def _demo_generator(argv: list[str], name: str) -> tuple[tuple[str, ...], list[str]]:
+    """The demo's presets for ``--generator`` (default: the demo's generator), and the other arguments."""
+    from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS
+
+    generator, argv = pop_flag(argv, "--generator")
+    generator = generator or DEFAULT_DEMO_GENERATOR
+    if generator not in DEMO_GENERATORS:
+        raise SystemExit(f"{name}: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")
+    if "-h" in argv or "--help" in argv:
+        print(f"--generator {{{','.join(sorted(DEMO_GENERATORS))}}}: how edits are made "
+              f"(default: {DEFAULT_DEMO_GENERATOR}); the flags below override the preset's values.\n")
+    return DEMO_GENERATORS[generator], argv
+
+
+@command(
+    "compare",
+    "DBB against ERM, group reweighting/upsampling, GroupDRO, JTT and DFR over several seeds in one harness "
+    "(results.json, results.md, results.png); without --config, on the toy with the demo's settings "
+    "(--generator as for demo).",
+)
+def compare_main(argv: list[str]) -> int:
+    from .compare import results_markdown
+
+    presets, overrides = (), ()
+    if "--config" not in argv:
+        # Without a YAML file the toy runs offline with the demo's settings (the library's
+        # defaults name ResNet-50 and Stable Diffusion 2 on the Hub).
+        presets, argv = _demo_generator(argv, "compare")
+        overrides = ({"run": {"output_dir": "runs/compare"}},)
+    elif "--generator" in argv:
+        raise SystemExit("compare: --generator chooses the demo's settings; with --config the YAML file does")
+    results = run_compare(argv, presets=presets, overrides=overrides)
+    print(results_markdown(results))
+    return 0
+
+
 @command("run", "The whole method end to end (resumable); --config FILE for YAML defaults, --preset NAME.")
 def run_main(argv: list[str]) -> int:
     report = run_pipeline(argv)
@@ -436,22 +485,28 @@ def run_main(argv: list[str]) -> int:
     return 0
 
 
+def _demo_defaults(argv: list[str], name: str) -> tuple[dict, list[str]]:
+    """The demo's preset for ``--generator`` (default: the demo's generator), and the other arguments."""
+    from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS, demo_preset
+
+    generator, argv = pop_flag(argv, "--generator")
+    generator = generator or DEFAULT_DEMO_GENERATOR
+    if generator not in DEMO_GENERATORS:
+        raise SystemExit(f"{name}: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")
+    if "-h" in argv or "--help" in argv:
+        print(f"--generator {{{','.join(sorted(DEMO_GENERATORS))}}}: how edits are made "
+              f"(default: {DEFAULT_DEMO_GENERATOR}); the flags below override the preset's values.\n")
+    return demo_preset(generator), argv
+
+
 @command(
     "demo",
     "The whole method offline on the embedded toy benchmark; --generator diffusion (textual inversion + "
     "inpainting with the miniature prior shipped in the package) or compose (paste donor objects).",
 )
 def demo_main(argv: list[str]) -> int:
-    from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS
-
-    generator, argv = pop_flag(argv, "--generator")
-    generator = generator or DEFAULT_DEMO_GENERATOR
-    if generator not in DEMO_GENERATORS:
-        raise SystemExit(f"demo: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")
-    if "-h" in argv or "--help" in argv:
-        print(f"--generator {{{','.join(sorted(DEMO_GENERATORS))}}}: how edits are made "
-              f"(default: {DEFAULT_DEMO_GENERATOR}); the flags below override the preset's values.\n")
-    report = run_pipeline(argv, presets=DEMO_GENERATORS[generator])
+    presets, argv = _demo_generator(argv, "demo")
+    report = run_pipeline(argv, presets=presets)
     if report is not None:
         erm, retrained = report["erm"], report["retrained"]
         print(

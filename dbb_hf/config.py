@@ -79,10 +79,12 @@ def section_parser(sections: Mapping[str, type], plain: Sequence[type] = ()) -> 
 
 
 def pipeline_sections() -> dict[str, type]:
-    """Every section a YAML layer may hold: ``data``, ``run`` and the pipeline's stage sections."""
-    from .pipeline import SECTIONS, RunConfig
+    """Every section a YAML layer may hold: ``data``, ``run``, the pipeline's stage sections and
+    ``dbb-hf compare``'s (``compare`` and the baselines' own), so one recipe YAML serves every command."""
+    from .compare import SECTIONS, CompareConfig
+    from .pipeline import RunConfig
 
-    return {"data": DataConfig, "run": RunConfig, **SECTIONS}
+    return {"data": DataConfig, "run": RunConfig, "compare": CompareConfig, **SECTIONS}
 
 
 def check_layer(name: str, layer: Mapping, known: Mapping[str, type]) -> None:

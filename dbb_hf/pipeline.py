@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from accelerate import PartialState
 from datasets import Dataset, DatasetDict, load_from_disk
 
@@ -194,21 +195,32 @@ class Pipeline:
             return self.run.erm_model, stage_fingerprint(
                 "erm-given", self.run.erm_model, local_models(self.run.erm_model)
             )
-        start = time.perf_counter()
         config = dataclasses.replace(self.configs["erm"], output_dir=str(self.out / "erm"))
         fp = stage_fingerprint("erm", [self.configs["classifier"], dataclasses.replace(config, output_dir="")], fp_data)
-        if self._claim("erm", fp):
-            self.reused.append("erm")
-        else:
+
+        def train(stage_dir):
             result = train_classifier(
                 dataset["train"], dataset["validation"], self.configs["classifier"], config,
                 metadata={"stage": "erm", "dataset": dataclasses.asdict(self.data)},
             )
+            return {"best_epoch": result.best_epoch}
+
+        return self.trained("erm", fp, train), fp
+
+    def trained(self, stage: str, fingerprint: str, train) -> str:
+        """The model folder ``output_dir/<stage>/model``, trained by ``train(stage_dir)`` unless a
+        run with ``fingerprint`` finished there (a dict that ``train`` returns joins ``stage.json``)."""
+        start = time.perf_counter()
+        if self._claim(stage, fingerprint):
+            self.reused.append(stage)
+        else:
+            info = train(self.out / stage)
+            info = info if isinstance(info, dict) else {}
             if self.state.is_main_process:
-                write_text_atomic(self.out / "erm" / STAGE_INFO, json.dumps({"fingerprint": fp, "best_epoch": result.best_epoch}))
+                write_text_atomic(self.out / stage / STAGE_INFO, json.dumps({"fingerprint": fingerprint, **info}))
             self.state.wait_for_everyone()
-        self.timings["erm"] = time.perf_counter() - start
-        return str(self.out / "erm" / "model"), fp
+        self.timings[stage] = time.perf_counter() - start
+        return str(self.out / stage / "model")
 
     def generate(self, dataset: DatasetDict, erm_dir: str, fp_erm: str):
         """Stages 1-5: the pruned set of edits with every provenance column, and Psi."""
@@ -216,7 +228,7 @@ class Pipeline:
         model = load_classifier(erm_dir, device=self.device)
         cfg = self.configs
 
-        scored = self._scored("scores", dataset["train"], model, fp_erm)
+        scored = self.score_split("scores", dataset["train"], model, fp_erm)
         Psi = class_confidence(scored)
 
         fp_sel = stage_fingerprint("selection", cfg["selection"], fp_erm)
@@ -228,7 +240,7 @@ class Pipeline:
             validation = dataset["validation"]
             if cfg["selection"].ti_source == "validation_group" and cfg["selection"].ti_validation_groups is None:
                 # The class's validation group is the one the ERM model fails most on.
-                validation = self._scored("validation_scores", validation, model, fp_erm)
+                validation = self.score_split("validation_scores", validation, model, fp_erm)
             tokens, fp_tok = self._learn_tokens(validation, scored, prompts, fp_sel)
 
         fp_mask = stage_fingerprint(
@@ -259,7 +271,7 @@ class Pipeline:
         return pruned, {"Psi": Psi, "P": cfg["pruning"].P, "purity": purity, "tokens": tokens, "fingerprint": fp_prune,
                         "model": model, "accounting": accounting}
 
-    def _scored(self, stage: str, split: Dataset, model, fp_erm: str) -> Dataset:
+    def score_split(self, stage: str, split: Dataset, model, fp_erm: str) -> Dataset:
         """``split`` with the ERM model's per-image ``erm_loss`` and ``erm_probs`` (a stage)."""
         return self._cached(
             stage, stage_fingerprint(stage, {}, fp_erm),
@@ -295,10 +307,20 @@ class Pipeline:
             if config.backend == "column" and config.mask_column == "mask":
                 config = dataclasses.replace(config, mask_column="source_mask")
         models = None if config.backend == "column" else load_masking_models(config, self.device)
-        return run_masking(
-            selected, config, class_names=prompts, models=models, device=self.device,
+        # With more than two classes an image has one row per target class (adjacent); its
+        # mask depends on the image and its own class only, so each image is masked once.
+        ids = selected["example_id"]
+        is_first = [i == 0 or ids[i - 1] != e for i, e in enumerate(ids)]
+        images = selected if all(is_first) else selected.select(np.flatnonzero(is_first))
+        once = run_masking(
+            images, config, class_names=prompts, models=models, device=self.device,
             output_dir=stage_dir, shards=self._shards(),
         )
+        if all(is_first):
+            return once
+        return once.select(np.cumsum(is_first) - 1).remove_columns("target_label").add_column(
+            "target_label", selected["target_label"], feature=selected.features["target_label"]
+        ).select_columns(once.column_names)
 
     def _run_generation(self, masked: Dataset, prompts, tokens, stage_dir: Path) -> Dataset:
         config = self.configs["inpainting"]
@@ -360,27 +382,18 @@ class Pipeline:
             }))
 
     def retrain(self, augmented: DatasetDict, erm_dir: str, fp_aug: str, fp_erm: str) -> tuple[str, str]:
-        start = time.perf_counter()
         config = dataclasses.replace(self.configs["retraining"], output_dir=str(self.out / "retrained"))
         fp = stage_fingerprint(
             "retrained", [self.configs["classifier"], dataclasses.replace(config, output_dir="")],
             # The ERM model by fingerprint, not by path: a run folder moved elsewhere is reused.
             fp_aug, fp_erm if self.run.retrain_from_erm else None,
         )
-        if self._claim("retrained", fp):
-            self.reused.append("retrained")
-        else:
-            train_classifier(
-                augmented["train"], augmented["validation"], self.configs["classifier"], config,
-                synthetic=augmented["synthetic"],
-                init_model_dir=erm_dir if self.run.retrain_from_erm else None,
-                metadata={"stage": "retrained", "dataset": dataclasses.asdict(self.data)},
-            )
-            if self.state.is_main_process:
-                write_text_atomic(self.out / "retrained" / STAGE_INFO, json.dumps({"fingerprint": fp}))
-            self.state.wait_for_everyone()
-        self.timings["retrained"] = time.perf_counter() - start
-        return str(self.out / "retrained" / "model"), fp
+        return self.trained("retrained", fp, lambda stage_dir: train_classifier(
+            augmented["train"], augmented["validation"], self.configs["classifier"], config,
+            synthetic=augmented["synthetic"],
+            init_model_dir=erm_dir if self.run.retrain_from_erm else None,
+            metadata={"stage": "retrained", "dataset": dataclasses.asdict(self.data)},
+        )), fp
 
     def evaluate(self, dataset, erm_dir, retrained_dir, fingerprint: str) -> dict:
         """Validation and test metrics of both models, saved beside the report and reused

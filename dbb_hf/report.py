@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -60,6 +61,78 @@ def pruning_counts(pruned: Dataset) -> dict:
     return dict(counts)
 
 
+def rho_histograms(pruned: Dataset, bins: int = 20) -> dict:
+    """Per direction, histograms of rho for the kept and the pruned edits on shared bins.
+
+    The paper chose P "using IG scores from a subset of generated samples": these show
+    where the thresholds fall. Only generated edits with a finite rho count.
+    ``{direction: {"edges": [...], "kept": [...], "pruned": [...]}}``.
+    """
+    import numpy as np
+
+    names = pruned.features["label"].names
+    columns = pruned.select_columns(["label", "target_label", "generation_status", "rho", "keep"]).to_dict()
+    values = defaultdict(lambda: {"kept": [], "pruned": []})
+    for source, target, status, rho, keep in zip(*columns.values()):
+        if status == "ok" and rho is not None and np.isfinite(rho):
+            values[(source, target)]["kept" if keep else "pruned"].append(rho)
+    out = {}
+    for (source, target), v in sorted(values.items()):
+        edges = _round_edges(min(v["kept"] + v["pruned"]), max(v["kept"] + v["pruned"]), bins)
+        out[f"{names[source]}->{names[target]}"] = {
+            "edges": edges,
+            **{k: np.histogram(v[k], bins=edges)[0].tolist() for k in ("kept", "pruned")},
+        }
+    return out
+
+
+def _round_edges(low: float, high: float, bins: int) -> list[float]:
+    """About ``bins`` bins of a round width (1, 2, 2.5 or 5 times a power of ten) covering [low, high].
+
+    Round edges read well, and do not move with the float rounding of the scores (rho from
+    another batch size differs by ~1e-8), so the same run gives the same histograms.
+    """
+    raw = max(high - low, 1e-6) / bins
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
+    start = math.floor(low / step) * step
+    count = max(1, math.ceil((high - start) / step))
+    while round(start + count * step, 10) < high:
+        count += 1
+    return [round(start + k * step, 10) for k in range(count + 1)]
+
+
+def rho_figure(histograms: dict, P: list[float], names: list[str]) -> Image.Image | None:
+    """One panel per direction: stacked bars of kept and pruned edits by rho, and the line rho = P."""
+    if not histograms:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(histograms), figsize=(4 * len(histograms), 3), squeeze=False)
+    for ax, (direction, h) in zip(axes[0], histograms.items()):
+        edges = h["edges"]
+        widths = [b - a for a, b in zip(edges, edges[1:])] or [1.0]
+        ax.bar(edges[:-1], h["kept"], width=widths, align="edge", color="tab:green", label="kept")
+        ax.bar(edges[:-1], h["pruned"], width=widths, align="edge", bottom=h["kept"], color="tab:red", label="pruned")
+        threshold = P[names.index(direction.split("->")[1])] if len(P) > 1 else P[0]
+        ax.axvline(threshold, color="black", linestyle="--", label=f"P = {threshold:g}")
+        ax.set_title(direction, fontsize=9)
+        ax.set_xlabel("rho")
+        ax.set_ylabel("edits")
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
 def _summary(metrics: dict) -> dict:
     keys = ("worst_group_accuracy", "worst_group", "average_accuracy", "weighted_average_accuracy",
             "per_group_accuracy", "group_counts")
@@ -90,6 +163,7 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
         "counts": direction_counts(pruned) if pruned is not None else None,
         "pruning": pruning_counts(pruned) if pruned is not None else None,
         "synthetic_rows": len(augmented["synthetic"]),
+        "rho_histograms": rho_histograms(pruned) if pruned is not None else None,
         # Every row in of each stage: ok (kept / pruned) or failed with its reason; see dbb_hf.accounting.
         "accounting": {
             "data": data_accounting(
@@ -123,7 +197,13 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
             out / "pruned.png", fingerprint,
             lambda: pruned_grid(pruned, info["model"], configs["pruning"], num_grid_examples),
         )
-    write_text_atomic(out / "report.md", _markdown(report, metrics, has_grid, has_pruned_grid))
+    has_rho = False
+    if report["rho_histograms"]:
+        has_rho = _cached_picture(
+            out / "rho.png", fingerprint,
+            lambda: rho_figure(report["rho_histograms"], report["P"], pruned.features["label"].names),
+        )
+    write_text_atomic(out / "report.md", _markdown(report, metrics, has_grid, has_pruned_grid, has_rho))
     return report
 
 
@@ -198,7 +278,7 @@ def _accounting_markdown(accounting: dict) -> list[str]:
     return lines
 
 
-def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool = False) -> str:
+def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool = False, has_rho: bool = False) -> str:
     lines = [
         "# dbb_hf run report",
         "",
@@ -226,6 +306,10 @@ def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool
     lines += _accounting_markdown(report.get("accounting") or {})
     if report.get("pruning"):
         lines += _pruning_markdown(report["pruning"], has_pruned_grid)
+    if has_rho:
+        lines += ["## rho of the kept and the pruned edits", "",
+                  "Histograms per direction (the paper chose P from IG scores of generated samples; the dashed "
+                  "line is P). The bins are in report.json (`rho_histograms`).", "", "![rho](rho.png)", ""]
     lines += ["## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["timings_seconds"].items()]
     if report["reused_stages"]:
