@@ -117,13 +117,22 @@ def check_layer(name: str, layer: Mapping, known: Mapping[str, type]) -> dict[st
 REMOVE = "~"  # "~key" removes the key an earlier layer set (Hydra's override syntax)
 
 
-def keyed_fields(cls: type) -> set[str]:
+def keyed_fields(cls: type) -> dict[str, tuple[str, Any]]:
     """The fields of ``cls`` (or of the section a :func:`subset` copies) that hold ``key=value``
     items and merge by key across layers rather than being replaced, so that a recipe's
-    options survive a flag that sets one more: those its class lists in ``merged_by_key``."""
+    options survive a flag that sets one more: ``{field: (the field its items belong to, that
+    field's default)}``, from the class's ``merged_by_key``. A layer that changes that field
+    (another ``dataset``) starts the list afresh: the lower layers' items were for another loader."""
     # A class attribute, not field metadata: HfArgumentParser passes metadata on to argparse.
-    listed = getattr(getattr(cls, "section_class", cls), "merged_by_key", ())
-    return {f.name for f in fields(cls) if f.name in listed}
+    section_class = getattr(cls, "section_class", cls)
+    every = {f.name: f for f in fields(section_class)}
+    own = {f.name for f in fields(cls)}
+    return {name: (scope, _default(every[scope]))
+            for name, scope in getattr(section_class, "merged_by_key", {}).items() if name in own}
+
+
+def _default(spec) -> Any:
+    return spec.default_factory() if spec.default_factory is not MISSING else spec.default
 
 
 def option_key(item: Any, where: str) -> str:
@@ -152,10 +161,10 @@ def merge_by_key(base: Any, override: Any, where: str) -> list[str]:
     return list(merged.values())
 
 
-def merge_sections(base: dict, overrides: dict, keyed: Mapping[str, set] | None = None, name: str = "") -> dict:
+def merge_sections(base: dict, overrides: dict, keyed: Mapping[str, dict] | None = None, name: str = "") -> dict:
     """``{section: {field: value}}`` of ``base`` with the fields of ``overrides`` replacing its own;
-    the fields ``keyed[section]`` are merged by key (:func:`merge_by_key`; ``name``, the
-    overriding layer, goes in its errors)."""
+    the fields ``keyed[section]`` (:func:`keyed_fields`) are merged by key (:func:`merge_by_key`;
+    ``name``, the overriding layer, goes in its errors)."""
     keyed = keyed or {}
     merged = {section: dict(values) if isinstance(values, dict) else values for section, values in base.items()}
     for section, values in overrides.items():
@@ -165,8 +174,11 @@ def merge_sections(base: dict, overrides: dict, keyed: Mapping[str, set] | None 
         if not isinstance(merged.get(section), dict):
             merged[section] = {}
         target = merged[section]
+        for key, (scope, default) in keyed.get(section, {}).items():
+            if scope in values and values[scope] != target.get(scope, default):
+                target.pop(key, None)
         for key, value in values.items():
-            if key in keyed.get(section, ()):
+            if key in keyed.get(section, {}):
                 value = merge_by_key(target.get(key), value, f"{name}: {section} {key}" if name else f"{section} {key}")
             target[key] = value
     return merged
@@ -274,26 +286,27 @@ def _parser_defaults(merged: Mapping, sections: Mapping[str, type], by_section: 
     return defaults
 
 
-def _keyed_flags(sections: Mapping[str, type], by_section: Mapping[str, type]) -> dict[str, tuple[str, str]]:
-    """``{flag dest: (YAML section, field)}`` of the fields merged by key that this command reads."""
-    flags = {name: (section, name) for section, cls in by_section.items() for name in keyed_fields(cls)}
-    flags.update({f"{section}_{name}": (section, name) for section, cls in sections.items() for name in keyed_fields(cls)})
-    return flags
-
-
-def _merge_keyed_flags(args: list[str], merged: dict, flags: Mapping[str, tuple[str, str]]) -> list[str]:
-    """Merge the flags of fields merged by key (``--options``) into ``merged`` as its last layer,
-    by key; the other arguments, for the parser (which then reads the merged lists as defaults)."""
+def _keyed_flag_layer(args: list[str], sections: Mapping[str, type], by_section: Mapping[str, type],
+                      merged: dict) -> tuple[dict, list[str]]:
+    """(``merged`` with the flags of fields merged by key (``--options``) and of the fields they
+    belong to (``--dataset``) as its last layer, the other arguments for the parser, which then
+    reads the merged values as defaults)."""
+    flags, keyed, hints = {}, {}, {}
+    for section, cls, prefix in [*((s, c, "") for s, c in by_section.items()),
+                                 *((s, c, f"{s}_") for s, c in sections.items())]:
+        keyed[section] = keyed_fields(cls)
+        hints.update({prefix + name: hint for name, hint in typing.get_type_hints(cls).items()})
+        for name, (scope, _) in keyed[section].items():
+            flags.update({prefix + f: (section, f) for f in (name, scope) if f in {g.name for g in fields(cls)}})
     if not flags:
-        return args
-    specs = [(dest, typing.Optional[list[str]], field(default=None)) for dest in flags]
+        return merged, args
+    specs = [(dest, typing.Optional[hints[dest]], field(default=None)) for dest in flags]
     given, args = preparse(make_dataclass("KeyedFlags", specs), args)
+    layer: dict = {}
     for dest, (section, name) in flags.items():
-        value = getattr(given, dest)
-        if value is not None:
-            section_values = merged.setdefault(section, {})
-            section_values[name] = merge_by_key(section_values.get(name), value, f"--{dest}")
-    return args
+        if getattr(given, dest) is not None:
+            layer.setdefault(section, {})[name] = getattr(given, dest)
+    return merge_sections(merged, layer, keyed, "the command line"), args
 
 
 def _run_folder(parsed_plain: Sequence, by_section: Mapping[str, type], merged: Mapping) -> str:
@@ -352,7 +365,7 @@ def resolve_configs(
         layers, [*presets, *(layer_args.preset or ())], [*overrides, *([layer_args.config] if layer_args.config else [])],
         known=known,
     )
-    args = _merge_keyed_flags(args, merged, _keyed_flags(sections, by_section))
+    merged, args = _keyed_flag_layer(args, sections, by_section, merged)
     # LayerArgs is parsed again only so that --help lists --config and --preset.
     parser = section_parser(sections, [*plain_types, LayerArgs])
     parser.set_defaults(**_parser_defaults(merged, sections, by_section))
@@ -443,7 +456,7 @@ def to_yaml(configs: Mapping[str, Any]) -> str:
 
 @dataclasses.dataclass
 class DataConfig:
-    merged_by_key: typing.ClassVar[tuple[str, ...]] = ("options",)  # see keyed_fields
+    merged_by_key: typing.ClassVar[dict] = {"options": "dataset"}  # options are the dataset's; see keyed_fields
 
     dataset: str = field(default="toy", metadata={"help": "toy, celeba, waterbirds, metashift or hub."})
     data_dir: str | None = field(

@@ -163,11 +163,22 @@ def test_options_merge_by_key_over_the_recipe_and_every_layer(tmp_path):
     saved = write(tmp_path / "saved.yaml", {"data": dataclasses.asdict(data), "dbb_hf_version": "0.0"})
     assert celeba_options(["--config", saved]) == data.option_dict()
     assert "class_balance" in celeba_options(["--config", write(tmp_path / "other.yaml", {"data": dataclasses.asdict(data)})])
-    with pytest.raises(ValueError, match=r"--options: '~class_balanse' removes option 'class_balanse', which no "
+    with pytest.raises(ValueError, match=r"the command line: data options: '~class_balanse' removes option 'class_balanse', which no "
                                          r"earlier layer sets \(set: \['class_balance', 'spurious_attribute', "):
         celeba_options(["--options", "~class_balanse"])
     with pytest.raises(ValueError, match=r"config\.yaml: data options: option 'Male' is not of the form key=value"):
         celeba_options(["--config", write(tmp_path / "config.yaml", {"data": {"options": ["Male"]}})])
+
+
+def test_options_start_afresh_for_another_dataset(tmp_path):
+    # The recipe's CelebA options are no options of the hub loader: --dataset hub drops them.
+    data, _ = resolve_configs({}, [("data", DataConfig)], ["--dataset", "hub", "--options", "label_column=y"],
+                              layers=[CELEBA_YAML])
+    assert (data.dataset, data.options) == ("hub", ["label_column=y"])
+    other = write(tmp_path / "other.yaml", {"data": {"dataset": "waterbirds"}})
+    assert celeba_options(["--config", other]) == {}
+    same = write(tmp_path / "same.yaml", {"data": {"dataset": "celeba", "options": ["seed=2"]}})
+    assert celeba_options(["--config", same])["class_balance"] is True
 
 
 def test_a_command_without_the_options_field_still_refuses_the_flag():
