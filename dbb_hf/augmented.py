@@ -37,6 +37,8 @@ OPTIONAL_SPLITS = ("validation", "test")
 # the class they were made from (it picks the loss term an edit belongs to).
 REQUIRED_COLUMNS = {"synthetic": ("image", "label", "source_label")}
 DEFAULT_COLUMNS = ("image", "label")
+# What build_augmented writes on each edit besides the loader's columns.
+PROVENANCE_COLUMNS = ("source_label", "source_example_id", "P")
 
 
 def unify_features(dataset: DatasetDict) -> DatasetDict:

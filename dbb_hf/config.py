@@ -87,10 +87,12 @@ def pipeline_sections() -> dict[str, type]:
     return {"data": DataConfig, "run": RunConfig, "compare": CompareConfig, **SECTIONS}
 
 
-def check_layer(name: str, layer: Mapping, known: Mapping[str, type]) -> None:
+def check_layer(name: str, layer: Mapping, known: Mapping[str, type]) -> dict[str, type]:
     """Raise a ValueError naming ``name`` (a file, preset or source) for a section or field that
-    no config has; ``known`` maps the command's own sections to their classes."""
+    no config has; ``known`` maps the command's own sections to their classes. Returns the
+    class of each section of ``layer``."""
     schema = None
+    classes = {}
     for section, values in layer.items():
         if section in METADATA_KEYS:
             continue
@@ -108,16 +110,77 @@ def check_layer(name: str, layer: Mapping, known: Mapping[str, type]) -> None:
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise ValueError(f"{name}: unknown field(s) {unknown} in section {section!r}; its fields are {names}")
+        classes[section] = cls
+    return classes
 
 
-def merge_sections(base: dict, overrides: dict) -> dict:
-    """``{section: {field: value}}`` of ``base`` with the fields of ``overrides`` replacing its own."""
+REMOVE = "~"  # "~key" removes the key an earlier layer set (Hydra's override syntax)
+
+
+def keyed_fields(cls: type) -> dict[str, tuple[str, Any]]:
+    """The fields of ``cls`` (or of the section a :func:`subset` copies) that hold ``key=value``
+    items and merge by key across layers rather than being replaced, so that a recipe's
+    options survive a flag that sets one more: ``{field: (the field its items belong to, that
+    field's default)}``, from the class's ``merged_by_key``. A layer that changes that field
+    (another ``dataset``) starts the list afresh: the lower layers' items were for another loader."""
+    # A class attribute, not field metadata: HfArgumentParser passes metadata on to argparse.
+    section_class = getattr(cls, "section_class", cls)
+    every = {f.name: f for f in fields(section_class)}
+    own = {f.name for f in fields(cls)}
+    return {name: (scope, _default(every[scope]))
+            for name, scope in getattr(section_class, "merged_by_key", {}).items() if name in own}
+
+
+def _default(spec) -> Any:
+    return spec.default_factory() if spec.default_factory is not MISSING else spec.default
+
+
+def option_key(item: Any, where: str) -> str:
+    """The key of a ``key=value`` item; a ValueError naming ``where`` for anything else."""
+    if not isinstance(item, str) or "=" not in item:
+        raise ValueError(f"{where}: option {item!r} is not of the form key=value (or {REMOVE}key to remove one)")
+    return item.split("=", 1)[0].strip()
+
+
+def merge_by_key(base: Any, override: Any, where: str) -> list[str]:
+    """The ``key=value`` items of ``base`` with those of ``override`` replacing the ones of
+    their key (in place; new keys last), and the keys ``override`` names as ``~key`` removed."""
+    def items(value) -> list:
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+    merged = {option_key(item, where): item for item in items(base)}
+    for item in items(override):
+        if isinstance(item, str) and item.startswith(REMOVE):
+            key = item[len(REMOVE):].strip()
+            if key not in merged:
+                raise ValueError(f"{where}: {item!r} removes option {key!r}, which no earlier layer sets "
+                                 f"(set: {sorted(merged) or 'none'})")
+            del merged[key]
+        else:
+            merged[option_key(item, where)] = item
+    return list(merged.values())
+
+
+def merge_sections(base: dict, overrides: dict, keyed: Mapping[str, dict] | None = None, name: str = "") -> dict:
+    """``{section: {field: value}}`` of ``base`` with the fields of ``overrides`` replacing its own;
+    the fields ``keyed[section]`` (:func:`keyed_fields`) are merged by key (:func:`merge_by_key`;
+    ``name``, the overriding layer, goes in its errors)."""
+    keyed = keyed or {}
     merged = {section: dict(values) if isinstance(values, dict) else values for section, values in base.items()}
     for section, values in overrides.items():
-        if isinstance(values, dict) and isinstance(merged.get(section), dict):
-            merged[section].update(values)
-        else:
+        if not isinstance(values, dict):
             merged[section] = values
+            continue
+        if not isinstance(merged.get(section), dict):
+            merged[section] = {}
+        target = merged[section]
+        for key, (scope, default) in keyed.get(section, {}).items():
+            if scope in values and values[scope] != target.get(scope, default):
+                target.pop(key, None)
+        for key, value in values.items():
+            if key in keyed.get(section, {}):
+                value = merge_by_key(target.get(key), value, f"{name}: {section} {key}" if name else f"{section} {key}")
+            target[key] = value
     return merged
 
 
@@ -148,8 +211,11 @@ def merge_layers(layers: Sequence = (), presets: Sequence[str] = (), overrides: 
     stack += [_named_layer(layer) for layer in overrides]
     merged: dict = {}
     for name, sections in stack:
-        check_layer(name, sections, known or {})
-        merged = merge_sections(merged, sections)
+        classes = check_layer(name, sections, known or {})
+        # A run's config.yaml is the whole record of what the run used: its option lists
+        # replace the lower layers' (a key the run removed stays removed when it is given back).
+        keyed = {} if "dbb_hf_version" in sections else {s: keyed_fields(cls) for s, cls in classes.items()}
+        merged = merge_sections(merged, sections, keyed, name)
     return merged
 
 
@@ -220,6 +286,29 @@ def _parser_defaults(merged: Mapping, sections: Mapping[str, type], by_section: 
     return defaults
 
 
+def _keyed_flag_layer(args: list[str], sections: Mapping[str, type], by_section: Mapping[str, type],
+                      merged: dict) -> tuple[dict, list[str]]:
+    """(``merged`` with the flags of fields merged by key (``--options``) and of the fields they
+    belong to (``--dataset``) as its last layer, the other arguments for the parser, which then
+    reads the merged values as defaults)."""
+    flags, keyed, hints = {}, {}, {}
+    for section, cls, prefix in [*((s, c, "") for s, c in by_section.items()),
+                                 *((s, c, f"{s}_") for s, c in sections.items())]:
+        keyed[section] = keyed_fields(cls)
+        hints.update({prefix + name: hint for name, hint in typing.get_type_hints(cls).items()})
+        for name, (scope, _) in keyed[section].items():
+            flags.update({prefix + f: (section, f) for f in (name, scope) if f in {g.name for g in fields(cls)}})
+    if not flags:
+        return merged, args
+    specs = [(dest, typing.Optional[hints[dest]], field(default=None)) for dest in flags]
+    given, args = preparse(make_dataclass("KeyedFlags", specs), args)
+    layer: dict = {}
+    for dest, (section, name) in flags.items():
+        if getattr(given, dest) is not None:
+            layer.setdefault(section, {})[name] = getattr(given, dest)
+    return merge_sections(merged, layer, keyed, "the command line"), args
+
+
 def _run_folder(parsed_plain: Sequence, by_section: Mapping[str, type], merged: Mapping) -> str:
     """The run folder, under which presets build their models: the command's ``--output_dir`` of
     the ``run`` section when it has one, else the layers' ``run.output_dir``, else RunConfig's default."""
@@ -255,6 +344,9 @@ def resolve_configs(
     (the Space's environment variables), ``--config FILE``, and last the flags. Every layer
     is checked whole: a section or field that no config has is an error naming the layer,
     even in a section this command does not read (a recipe's YAML works with every command).
+    A later layer replaces a field's value, except for ``key=value`` lists (``--options``),
+    which merge by key through every layer, flags included (``~key`` removes a key); a run's
+    own ``config.yaml`` (it records ``dbb_hf_version``) gives the whole list the run used.
 
     A preset value such as ``<tiny:inpaint>`` stands for a model its builder makes; with
     ``build`` the builders run (once, on the main process) under ``build_root``, by default
@@ -273,6 +365,7 @@ def resolve_configs(
         layers, [*presets, *(layer_args.preset or ())], [*overrides, *([layer_args.config] if layer_args.config else [])],
         known=known,
     )
+    merged, args = _keyed_flag_layer(args, sections, by_section, merged)
     # LayerArgs is parsed again only so that --help lists --config and --preset.
     parser = section_parser(sections, [*plain_types, LayerArgs])
     parser.set_defaults(**_parser_defaults(merged, sections, by_section))
@@ -363,14 +456,17 @@ def to_yaml(configs: Mapping[str, Any]) -> str:
 
 @dataclasses.dataclass
 class DataConfig:
+    merged_by_key: typing.ClassVar[dict] = {"options": "dataset"}  # options are the dataset's; see keyed_fields
+
     dataset: str = field(default="toy", metadata={"help": "toy, celeba, waterbirds, metashift or hub."})
     data_dir: str | None = field(
         default=None, metadata={"help": "Data folder (for hub: a Hub dataset id or a local folder)."}
     )
     options: list[str] = field(
         default_factory=list,
-        metadata={"help": "Loader options as key=value: fields of the benchmark's config, e.g. "
-                  "split_by_identity=true target_attribute=Blond_Hair (celeba)."},
+        metadata={"help": "Loader options as key=value, merged by key over the recipe's YAML, presets and "
+                  "--config (a key given here replaces that key only; ~key removes it): fields of the "
+                  "benchmark's config, e.g. split_by_identity=true target_attribute=Blond_Hair (celeba)."},
     )
     bad_images: str = field(
         default="error",
@@ -383,13 +479,7 @@ class DataConfig:
             raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {self.bad_images!r}")
 
     def option_dict(self) -> dict:
-        out = {}
-        for item in self.options:
-            if "=" not in item:
-                raise ValueError(f"dataset option {item!r} is not of the form key=value")
-            key, value = item.split("=", 1)
-            out[key.strip()] = yaml.safe_load(value)
-        return out
+        return {option_key(item, "dataset options"): yaml.safe_load(item.split("=", 1)[1]) for item in self.options}
 
     def load(self):
         return self.load_checked()[0]

@@ -24,7 +24,8 @@ the mask's own bounding box for ``column``; empty when nothing was detected),
 1.0 for a non-empty ``column`` mask, 0.0 when nothing was found) and ``mask_status``
 ("ok", "no_detection": no box above the threshold, "empty_mask": a box but no mask
 pixel, "failed: unreadable image: <error>" / "failed: missing mask": the row's image
-or source mask could not be read). Every row is kept; a row without a mask gets an
+or source mask could not be read; "failed: mask size mismatch: ...": the ``column`` mask
+is not the image's size). Every row is kept; a row without a mask gets an
 all-zero mask and its status (no mask at all when its image could not be read).
 
 ``region`` turns the object's mask into the region the generator may repaint, after
@@ -376,13 +377,17 @@ def _lang_sam_rows(images, prompts, *, models: MaskingModels, config: MaskingCon
 
 def _column_rows(batch: dict, config: MaskingConfig) -> list[dict]:
     rows = []
-    for i, (image, source) in enumerate(zip(batch["image"], batch[config.mask_column])):
+    ids = batch.get("example_id") or [f"row {i} of the batch" for i in range(len(batch["image"]))]
+    for image, source, example_id in zip(batch["image"], batch[config.mask_column], ids):
+        # A mask made for another image (a resized copy, a wrong file) fails its own row only,
+        # as an unreadable one does: the other rows' masks are still good.
         if source is None or source.size != image.size:
-            name = batch["example_id"][i] if "example_id" in batch else f"row {i} of the batch"
-            found = None if source is None else source.size
-            raise ValueError(
-                f"{name}: column {config.mask_column!r} holds a mask of size {found}, the image is {image.size}"
-            )
+            found = "no mask" if source is None else f"a {source.width}x{source.height} mask"
+            reason = (f"failed: mask size mismatch: column {config.mask_column!r} holds {found}, "
+                      f"the image is {image.width}x{image.height}")
+            warnings.warn(f"masking: {example_id}: {reason}", stacklevel=2)
+            rows.append(failed_row(reason))
+            continue
         mask = dilate(region_mask(binary_mask(source), config.region), config.dilation)
         box = mask_bbox(mask)
         status, score = (OK, 1.0) if box else (EMPTY_MASK, 0.0)
@@ -422,13 +427,18 @@ def _rows_or_failures(backend_rows, images, prompts, ids, **kwargs) -> list[dict
         reason = f"failed: the masking models cannot take this {images[0].width}x{images[0].height} image: " \
                  f"{type(error).__name__}: {error}"
         warnings.warn(f"masking: {ids[0]}: {reason}", stacklevel=2)
-        return [{name: value[0] for name, value in failed_rows({}, [reason]).items()}]
+        return [failed_row(reason)]
 
 
 def failed_rows(batch: dict, reasons: Sequence[str], **_) -> dict:
     """The mask columns of rows whose image (or mask) cannot be read: no mask, the reason as status."""
     n = len(reasons)
     return {"mask": [None] * n, "mask_box": [[] for _ in range(n)], "mask_score": [0.0] * n, "mask_status": list(reasons)}
+
+
+def failed_row(reason: str) -> dict:
+    """One row of :func:`failed_rows`."""
+    return {name: values[0] for name, values in failed_rows({}, [reason]).items()}
 
 
 def image_guard(config: MaskingConfig) -> ImageGuard:

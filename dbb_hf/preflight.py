@@ -2,8 +2,9 @@
 
 A run trains ERM for an hour before it selects, learns tokens, masks, generates and
 prunes. A label outside the class list, a per-class setting of the wrong length, a
-classifier or augmented dataset made for other classes, or a model id of a later stage
-that cannot be reached would otherwise stop it hours in. Everything here reads only
+classifier or augmented dataset made for other classes, a source column kept under the
+name of one a later stage writes, or a model id of a later stage that cannot be reached
+would otherwise stop it hours in. Everything here reads only
 configs, dataset columns and small files (model configs); no model is loaded.
 """
 
@@ -116,6 +117,43 @@ def check_mask_column(configs: Mapping, dataset: DatasetDict) -> None:
         )
 
 
+def stage_columns(configs: Mapping, columns) -> dict[str, str]:
+    """``{column: the stage that writes it}`` for a run that generates (docs/stages.md, "adds"),
+    read from the stages' own output features. ``columns`` are the dataset's: its own ``mask``
+    is kept as ``source_mask`` before masking writes ``mask`` (unless masking copies it)."""
+    from .augmented import PROVENANCE_COLUMNS
+    from .inpainting import inpainting_features
+    from .masking import MASK_FEATURES
+    from .pruning import SCORE_FEATURES, VERDICT_FEATURES
+    from .selection import ERM_FEATURES
+
+    masking = configs["masking"]
+    renames_mask = "mask" in columns and not masking.copies_mask_column()
+    written = {
+        "scores (dbb_hf.selection)": list(ERM_FEATURES),
+        "selection (dbb_hf.selection)": ["target_label"],
+        "masks (dbb_hf.masking)": [c for c in MASK_FEATURES if c != "mask"] + (["source_mask"] if renames_mask else []),
+        "generation (dbb_hf.inpainting)": list(inpainting_features(configs["inpainting"].backend)),
+        "pruning (dbb_hf.pruning)": [*SCORE_FEATURES, *VERDICT_FEATURES],
+        "augmented (dbb_hf.augmented)": list(PROVENANCE_COLUMNS),
+    }
+    return {column: stage for stage, names in written.items() for column in names}
+
+
+def check_stage_columns(configs: Mapping, dataset: DatasetDict) -> None:
+    """No column of the dataset (one a loader kept, ``keep_columns``) has the name of a column a
+    later stage writes: that stage would fail hours in, or overwrite the user's values."""
+    columns = {c for ds in dataset.values() for c in ds.column_names}
+    writers = stage_columns(configs, columns)
+    clashes = sorted(c for c in columns if c in writers)
+    if clashes:
+        named = "; ".join(f"{c!r} is written by the {writers[c]} stage" for c in clashes)
+        raise DatasetFormatError(
+            f"the dataset has column(s) {clashes} that a later stage writes: {named}. Rename the source "
+            "column(s), or leave them out of the loader's keep_columns"
+        )
+
+
 def check_models(configs: Mapping) -> None:
     """The models of the later stages exist (folder, or Hub id at its revision, or in the cache)."""
     inpainting, masking = configs["inpainting"], configs["masking"]
@@ -149,6 +187,7 @@ def preflight(run, configs: Mapping, dataset: DatasetDict) -> Optional[DatasetDi
     check_per_class_settings(run, configs, names)
     if not run.augmented_dataset:
         check_selection(configs, names)
+        check_stage_columns(configs, dataset)
         check_mask_column(configs, dataset)
         if configs["inpainting"].backend == "diffusers":
             check_textual_inversion_source(configs, dataset)

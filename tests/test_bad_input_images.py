@@ -342,6 +342,26 @@ def test_stages_record_unreadable_images_per_row(tiny_pipe):
         assert outcomes["ex-0"] in ("kept", "pruned: psi>=Psi", "pruned: rho<=P", "pruned: psi>=Psi;rho<=P")
 
 
+def test_a_column_mask_of_the_wrong_size_fails_its_own_row():
+    # ex-1's mask was made for another image (a resized copy): 30 x 20 beside a 24 x 20 image.
+    images = [noise(24, 20, k) for k in range(3)]
+    truth = [box_mask(24, 20), box_mask(30, 20), box_mask(24, 20, (2, 2, 10, 10))]
+    data = rows_dataset(images, truth).rename_column("mask", "gt_mask")
+    with pytest.warns(UserWarning, match=r"masking: ex-1: failed: mask size mismatch"):
+        masked = run_masking(data, MaskingConfig(backend="column", mask_column="gt_mask"))
+    reason = "failed: mask size mismatch: column 'gt_mask' holds a 30x20 mask, the image is 24x20"
+    assert masked["mask_status"] == ["ok", reason, "ok"] and masked["mask"][1] is None
+    for k in (0, 2):  # the other rows are masked as if ex-1 were not there
+        np.testing.assert_array_equal(np.asarray(masked["mask"][k]), np.asarray(truth[k]))
+    counts = account_stage("masks", data, masked)
+    assert counts["total"] == {"input": 3, "ok": 2, "failed": 1, "failed_reasons": {"failed: mask size mismatch": 1}}
+    edits = compose_edits(masked)
+    assert edits["generation_status"][1] == "skipped_no_mask"
+    scored = apply_thresholds(score_edits(edits, linear_model(), PruningConfig(n_steps=4, device="cpu"),
+                                          Psi=[0.9, 0.9]), P=0.0)
+    assert {e: o for e, _, o in row_outcomes(scored)}["ex-1"] == f"masks: {reason}"
+
+
 def test_pruning_records_an_edit_it_cannot_read():
     edits = compose_edits(run_masking(rows_dataset([noise(24, 20), noise(24, 20, 1)], [box_mask(24, 20)] * 2),
                                       MaskingConfig(backend="column")))

@@ -1,6 +1,9 @@
 """The one config path: YAML layers (a recipe's YAML, presets, --config FILE) plus the
 flags, into section configs (dbb_hf.config.resolve_configs), and the presets' builders."""
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -8,7 +11,7 @@ from datasets import load_from_disk
 
 from dbb_hf import presets
 from dbb_hf.cli import main
-from dbb_hf.config import DataConfig, environment_layer, resolve_configs, to_yaml
+from dbb_hf.config import DataConfig, environment_layer, resolve_configs, subset, to_yaml
 from dbb_hf.inpainting import InpaintingConfig
 from dbb_hf.masking import MaskingConfig
 from dbb_hf.pipeline import SECTIONS, RunConfig
@@ -128,3 +131,56 @@ def test_environment_variables_are_a_typed_layer():
         environment_layer("APP_", {"inpainting": InpaintingConfig}, {"run": RunConfig}, {"APP_SEED": "1"})
     with pytest.raises(ValueError, match="APP_INPAINTING_NUM_INFERENCE_STEPS='many' is not a valid int"):
         environment_layer("APP_", {"inpainting": InpaintingConfig}, {}, {"APP_INPAINTING_NUM_INFERENCE_STEPS": "many"})
+
+
+CELEBA_YAML = str(Path(__file__).resolve().parents[1] / "recipes" / "celeba.yaml")
+
+
+def celeba_options(args, **kwargs):
+    data, _ = resolve_configs({}, [("data", DataConfig)], args, layers=[CELEBA_YAML], **kwargs)
+    return data.option_dict()
+
+
+def test_options_merge_by_key_over_the_recipe_and_every_layer(tmp_path):
+    recipe = {"target_attribute": "Blond_Hair", "spurious_attribute": "Male", "class_balance": True}
+    assert celeba_options([]) == recipe
+    # A flag that sets one option keeps the recipe's others (class balancing, the label).
+    assert celeba_options(["--options", "spurious_attribute=Eyeglasses", "seed=3"]) == {
+        **recipe, "spurious_attribute": "Eyeglasses", "seed": 3}
+    # --config, a preset and the environment merge the same way, each over the layers below it.
+    config = write(tmp_path / "config.yaml", {"data": {"options": ["class_balance=false", "split_by_identity=true"]}})
+    preset = write(tmp_path / "preset.yaml", {"data": {"options": ["target_attribute=Smiling"]}})
+    environment = environment_layer("APP_", {}, {"data": DataConfig}, {"APP_OPTIONS": "seed=5,~spurious_attribute"})
+    merged = celeba_options(["--config", config, "--options", "seed=7"], presets=[preset],
+                            overrides=[("the environment", environment)])
+    assert merged == {"target_attribute": "Smiling", "class_balance": False, "seed": 7, "split_by_identity": True}
+    # ~key removes a key a lower layer set; the recipe's order is kept, new keys come last.
+    data, _ = resolve_configs({}, [("data", DataConfig)], ["--options", "~class_balance", "seed=1", "spurious_attribute=Young"],
+                              layers=[CELEBA_YAML])
+    assert data.options == ["target_attribute=Blond_Hair", "spurious_attribute=Young", "seed=1"]
+    # A run's config.yaml records the whole merged list: given back over the recipe, it is
+    # what the run used (the removed key stays removed), where another --config file merges.
+    saved = write(tmp_path / "saved.yaml", {"data": dataclasses.asdict(data), "dbb_hf_version": "0.0"})
+    assert celeba_options(["--config", saved]) == data.option_dict()
+    assert "class_balance" in celeba_options(["--config", write(tmp_path / "other.yaml", {"data": dataclasses.asdict(data)})])
+    with pytest.raises(ValueError, match=r"the command line: data options: '~class_balanse' removes option 'class_balanse', which no "
+                                         r"earlier layer sets \(set: \['class_balance', 'spurious_attribute', "):
+        celeba_options(["--options", "~class_balanse"])
+    with pytest.raises(ValueError, match=r"config\.yaml: data options: option 'Male' is not of the form key=value"):
+        celeba_options(["--config", write(tmp_path / "config.yaml", {"data": {"options": ["Male"]}})])
+
+
+def test_options_start_afresh_for_another_dataset(tmp_path):
+    # The recipe's CelebA options are no options of the hub loader: --dataset hub drops them.
+    data, _ = resolve_configs({}, [("data", DataConfig)], ["--dataset", "hub", "--options", "label_column=y"],
+                              layers=[CELEBA_YAML])
+    assert (data.dataset, data.options) == ("hub", ["label_column=y"])
+    other = write(tmp_path / "other.yaml", {"data": {"dataset": "waterbirds"}})
+    assert celeba_options(["--config", other]) == {}
+    same = write(tmp_path / "same.yaml", {"data": {"dataset": "celeba", "options": ["seed=2"]}})
+    assert celeba_options(["--config", same])["class_balance"] is True
+
+
+def test_a_command_without_the_options_field_still_refuses_the_flag():
+    with pytest.raises(ValueError, match=r"unknown arguments \['--options', 'seed=1'\]"):
+        resolve_configs({}, [("data", subset(DataConfig, ["dataset"]))], ["--options", "seed=1"], layers=[CELEBA_YAML])

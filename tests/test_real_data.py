@@ -14,6 +14,9 @@ from dbb_hf.cli import run_pipeline
 from dbb_hf.config import load_yaml
 from dbb_hf.data import DatasetFormatError, load_benchmark
 from dbb_hf.data.toy import ToyConfig, load_toy
+from dbb_hf.inpainting import InpaintingConfig
+from dbb_hf.masking import MaskingConfig
+from dbb_hf.preflight import check_stage_columns
 from dbb_hf.presets import DEMO_PRESET
 
 SPLITS = ("train", "validation", "test")
@@ -88,3 +91,28 @@ def test_load_augmented_accepts_a_run_folder(local_run, tmp_path):
     (unfinished / "config.yaml").write_text(json.dumps({"run": {"output_dir": str(unfinished)}}))
     with pytest.raises(DatasetFormatError, match=r"run folder without an augmented dataset.*augmented.*Rerun"):
         load_augmented(unfinished)
+
+
+def test_a_kept_column_named_like_a_stage_output_is_refused_before_erm(tmp_path):
+    toy = load_toy(ToyConfig(num_train=16, num_validation=8, num_test=8, seed=5))
+    data = write_local_dataset(tmp_path / "bars", toy)
+    for split in SPLITS:  # the user's own columns: a quality score and a caption
+        metadata = pd.read_csv(data / split / "metadata.csv")
+        metadata.assign(mask_score=0.5, prompt="a bar").to_csv(data / split / "metadata.csv", index=False)
+    out = tmp_path / "run"
+    args = ["--output_dir", str(out), "--dataset", "hub", "--data_dir", str(data), "--masking_backend", "column",
+            "--options", "label_column=shape", "spurious_column=background", "mask_column=mask"]
+    with pytest.raises(DatasetFormatError, match=r"column\(s\) \['mask_score', 'prompt'\] that a later stage writes: "
+                                                 r"'mask_score' is written by the masks \(dbb_hf\.masking\) stage; "
+                                                 r"'prompt' is written by the generation \(dbb_hf\.inpainting\) stage"):
+        run_pipeline([*args, "keep_columns=[photographer,mask_score,prompt]"], defaults=load_yaml(DEMO_PRESET))
+    assert not (out / "erm").exists()  # refused before ERM trained
+    # The user's mask is no clash (the pipeline keeps it as source_mask); a column of that name beside it is.
+    loaded = load_benchmark("hub", str(data), label_column="shape", spurious_column="background",
+                            mask_column="mask", keep_columns=["photographer"])
+    sections = {"masking": MaskingConfig(backend="column", region="box"), "inpainting": InpaintingConfig(backend="compose")}
+    check_stage_columns(sections, loaded)
+    renamed = loaded.rename_column("photographer", "source_mask")
+    with pytest.raises(DatasetFormatError, match=r"'source_mask' is written by the masks"):
+        check_stage_columns(sections, renamed)
+    check_stage_columns({**sections, "masking": MaskingConfig(backend="column")}, renamed)  # copies `mask` as it is
