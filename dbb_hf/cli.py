@@ -218,11 +218,10 @@ def learn_tokens_main(argv: list[str]) -> int:
 
 @command("mask", "Stage 3: text-prompted masks of each row's class object (mask, mask_box, mask_score, mask_status).")
 def mask_main(argv: list[str]) -> int:
-    from .masking import MaskingConfig, load_masking_models, run_masking
+    from .masking import MaskingConfig, keep_source_mask, load_masking_models, run_masking
 
     io, run, configs = resolve_configs({"masking": MaskingConfig}, [StageIO, _run_fields("class_prompts", "device")], argv)
-    config = configs["masking"]
-    dataset = _load_input(io)
+    dataset, config = keep_source_mask(_load_input(io), configs["masking"])
     prompts = _prompts(dataset, run)  # checked before any model is loaded
     models = None if config.backend == "column" else load_masking_models(config, run.device)
     _save_output(run_masking(dataset, config, class_names=prompts, models=models, device=run.device), io)

@@ -39,6 +39,7 @@ the bounding box of the final mask, as before).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import os
@@ -469,6 +470,22 @@ def _check_dataset(dataset: Dataset, config: MaskingConfig, class_names: Sequenc
     if labels and (min(labels) < 0 or max(labels) >= len(class_names)):
         raise ValueError(f"labels {sorted(labels)} need {max(labels) + 1} class names, got {list(class_names)}")
     return list(class_names)
+
+
+def keep_source_mask(dataset: Dataset, config: MaskingConfig) -> tuple[Dataset, MaskingConfig]:
+    """The dataset with its own ``mask`` column (the toy's ground truth, Waterbirds'
+    segmentations) kept as ``source_mask``, and the config reading it from there.
+
+    Masking writes ``mask`` and never overwrites an input column; the pipeline and
+    ``dbb-hf mask`` both make room this way (the one exception: the column backend copying
+    ``mask`` unchanged).
+    """
+    if "mask" not in dataset.column_names or config.copies_mask_column():
+        return dataset, config
+    dataset = dataset.rename_column("mask", "source_mask")
+    if config.backend == "column" and config.mask_column == "mask":
+        config = dataclasses.replace(config, mask_column="source_mask")
+    return dataset, config
 
 
 def run_masking(

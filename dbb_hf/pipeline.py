@@ -28,7 +28,7 @@ from . import __version__
 from .augmented import FORMAT_VERSION as AUGMENTED_FORMAT, build_augmented, thresholds
 from .config import DataConfig, to_yaml
 from .inpainting import InpaintingConfig, load_inpainting_pipeline, prepare_donors, run_inpainting
-from .masking import MaskingConfig, load_masking_models, run_masking
+from .masking import MaskingConfig, keep_source_mask, load_masking_models, run_masking
 from .modeling import ClassifierConfig, load_classifier
 from .precision import resolve_sections
 from .preflight import preflight, resolve_class_prompts
@@ -299,13 +299,7 @@ class Pipeline:
         return [tokens[c] for c in range(len(prompts))], fp
 
     def _run_masking(self, selected: Dataset, prompts, stage_dir: Path) -> Dataset:
-        config = self.configs["masking"]
-        if "mask" in selected.column_names and not config.copies_mask_column():
-            # Masking writes `mask` and never overwrites an input column: the dataset's own
-            # mask (the toy's ground truth) is kept as `source_mask` (and read from there).
-            selected = selected.rename_column("mask", "source_mask")
-            if config.backend == "column" and config.mask_column == "mask":
-                config = dataclasses.replace(config, mask_column="source_mask")
+        selected, config = keep_source_mask(selected, self.configs["masking"])
         models = None if config.backend == "column" else load_masking_models(config, self.device)
         # With more than two classes an image has one row per target class (adjacent); its
         # mask depends on the image and its own class only, so each image is masked once.

@@ -112,6 +112,21 @@ def test_a_stage_command_reads_a_whole_recipe_yaml_and_flags_override_it(tmp_pat
         main(["mask", "--config", _write_yaml(tmp_path / "bad2.yaml", {"maskng": {"dilation": 2}}), "--input", str(toy)])
 
 
+def test_mask_keeps_the_datasets_own_mask_as_source_mask_as_the_pipeline_does(tmp_path):
+    toy = tmp_path / "toy"
+    DataConfig(options=["num_train=8", "num_validation=4", "num_test=4"]).load()["train"].save_to_disk(str(toy))
+    out = str(tmp_path / "masked")
+    # The toy's ground-truth `mask` would be overwritten: it is kept as source_mask and read from there.
+    assert main(["mask", "--input", str(toy), "--masking_backend", "column", "--masking_mask_column", "mask",
+                 "--masking_dilation", "1", "--output", out]) == 0
+    source, masked = load_from_disk(str(toy)), load_from_disk(out)
+    assert "source_mask" in masked.column_names and len(masked) == len(source)
+    for row_source, row in zip(source, masked):
+        truth = np.asarray(row_source["mask"])
+        assert np.array_equal(np.asarray(row["source_mask"]), truth)
+        assert (np.asarray(row["mask"]) > 127).sum() > (truth > 127).sum()  # grown by the dilation
+
+
 def test_every_stage_from_the_command_line_then_augment_retrain_and_run_on_the_result(tmp_path, capsys):
     erm = tmp_path / "erm"
     assert main(["erm", *TOY, *CLASSIFIER, *fast("erm"), "--erm_output_dir", str(erm)]) == 0
