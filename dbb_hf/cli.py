@@ -484,20 +484,6 @@ def run_main(argv: list[str]) -> int:
     return 0
 
 
-def _demo_defaults(argv: list[str], name: str) -> tuple[dict, list[str]]:
-    """The demo's preset for ``--generator`` (default: the demo's generator), and the other arguments."""
-    from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS, demo_preset
-
-    generator, argv = pop_flag(argv, "--generator")
-    generator = generator or DEFAULT_DEMO_GENERATOR
-    if generator not in DEMO_GENERATORS:
-        raise SystemExit(f"{name}: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")
-    if "-h" in argv or "--help" in argv:
-        print(f"--generator {{{','.join(sorted(DEMO_GENERATORS))}}}: how edits are made "
-              f"(default: {DEFAULT_DEMO_GENERATOR}); the flags below override the preset's values.\n")
-    return demo_preset(generator), argv
-
-
 @command(
     "demo",
     "The whole method offline on the embedded toy benchmark; --generator diffusion (textual inversion + "
