@@ -40,6 +40,11 @@ class ClassifierConfig:
     crop_pct: Optional[float] = field(
         default=None, metadata={"help": "Centre-crop fraction of evaluation preprocessing; default: the model's."}
     )
+    crop_mode: Optional[str] = field(
+        default=None,
+        metadata={"help": "Evaluation preprocessing: center (resize the short side, centre crop) or squash "
+                  "(resize the whole image to the square input, as the inpainting stage does); default: the model's."},
+    )
     drop_rate: float = field(default=0.0, metadata={"help": "Dropout before the classifier head."})
 
     def __post_init__(self):
@@ -47,6 +52,8 @@ class ClassifierConfig:
             raise ValueError(f"image_size must be at least 8, got {self.image_size}")
         if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.crop_mode not in (None, "center", "squash"):
+            raise ValueError(f"crop_mode must be center or squash, got {self.crop_mode!r}")
 
 
 def create_classifier(config: ClassifierConfig, num_classes: int) -> torch.nn.Module:
@@ -62,6 +69,8 @@ def create_classifier(config: ClassifierConfig, num_classes: int) -> torch.nn.Mo
         overrides["input_size"] = (3, config.image_size, config.image_size)
     if config.crop_pct is not None:
         overrides["crop_pct"] = config.crop_pct
+    if config.crop_mode is not None:
+        overrides["crop_mode"] = config.crop_mode
     if overrides:
         model.pretrained_cfg = dict(model.pretrained_cfg, **overrides)
         model.pretrained_cfg.pop("test_input_size", None)
@@ -93,6 +102,8 @@ def geometric_transform(model: torch.nn.Module, *, nearest: bool = False):
     size = cfg["input_size"][-1]
     scale = int(size / cfg.get("crop_pct", 1.0))
     interpolation = T.InterpolationMode.NEAREST if nearest else T.InterpolationMode(cfg["interpolation"])
+    if cfg.get("crop_mode") == "squash":  # timm's squash: both sides to the crop's scale, then the centre crop
+        return T.Compose([T.Resize((scale, scale), interpolation=interpolation), T.CenterCrop(size)])
     return T.Compose([T.Resize(scale, interpolation=interpolation), T.CenterCrop(size)])
 
 
