@@ -49,8 +49,10 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from .architecture import PriorArchitecture, build_components, build_training_scheduler, save_pipeline
+from .card import write_card
 
 CHECKPOINT_PREFIX = "checkpoint-"
+DECODER_DIR = "vae-decoder-finetuned"
 WORLDS = ("toy", "face")
 
 
@@ -113,6 +115,12 @@ class PriorTrainingConfig:
         default=0,
         metadata={"help": "Also keep every checkpoint whose step is a multiple of this (0: none), beyond the limit, "
                   "so intermediate priors can be exported and measured."},
+    )
+    only_decoder: bool = field(
+        default=False,
+        metadata={"help": "Only fine-tune the decoder of the run's trained VAE (decoder_steps), e.g. in a second "
+                  "process beside the UNet's training: the encoder and so the UNet's latents stay as they are, "
+                  "and the main run then uses this decoder."},
     )
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)."})
     grid_images: int = field(default=16, metadata={"help": "Test images in the edits.png grid (0: no grid)."})
@@ -426,75 +434,6 @@ def save_checkpoint(accelerator, out: Path, step: int, keep: int, keep_every: in
 # ---------------------------------------------------------------------------- export
 
 
-def parameter_counts(pipeline_dir: str) -> dict:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    models = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel}
-    return {name: sum(p.numel() for p in cls.from_pretrained(pipeline_dir, subfolder=name).parameters())
-            for name, cls in models.items()}
-
-
-def folder_megabytes(path: str) -> float:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
-
-
-CARD_TEMPLATE = "miniature_prior_card.md"
-
-
-def loss_curve(unet_log: list[dict], points: int = 8) -> list[dict]:
-    """About ``points`` evenly spaced UNet loss records, the last one always included."""
-    curve = unet_log[:: max(1, len(unet_log) // points)]
-    if unet_log and curve[-1] is not unet_log[-1]:
-        curve.append(unet_log[-1])
-    return curve
-
-
-def card_fields(pipeline_dir: str, run_dir: Path) -> dict:
-    """What the card says about how the prior was made, from the run's own config and log."""
-    settings = json.loads((run_dir / "config.json").read_text())
-    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    # Records a run marked as a discarded branch (not in the saved weights) stay out of the card.
-    records = [r for r in records if "branch" not in r]
-    unet_log = [r for r in records if r.get("stage") == "unet" and "loss" in r]
-    vae_log = [r for r in records if r.get("stage") == "vae"]
-    decoder_log = [r for r in records if r.get("stage") == "decoder"]
-    seconds = {}
-    for r in records:
-        if r.get("stage") == "timing":
-            seconds[r["part"]] = seconds.get(r["part"], 0.0) + r["seconds"]
-    launches = [{"command": r["command"], "note": r.get("note")} for r in records if r.get("stage") == "launch"]
-    arch = settings["architecture"]
-    vae_factor = 2 ** (len(arch["vae_channels"]) - 1)
-    return {
-        "vae_factor": vae_factor,
-        "latent_side": arch["image_size"] // vae_factor,
-        "training": settings["training"],
-        "architecture": settings["architecture"],
-        "megabytes": folder_megabytes(pipeline_dir),
-        "parameters": parameter_counts(pipeline_dir),
-        "precompute": next((r for r in records if r.get("stage") == "precompute"), {}),
-        "vae_final_mse": vae_log[-1]["mse"] if vae_log else None,
-        "decoder_final_mse": decoder_log[-1]["mse"] if decoder_log else None,
-        "loss_curve": loss_curve(unet_log),
-        "timing": {part: value / 60 for part, value in seconds.items()},
-        "launches": launches or [{"command": settings.get("command"), "note": None}],
-    }
-
-
-def write_card(world, pipeline_dir: str, run_dir: Path) -> None:
-    """The pipeline's ``README.md``: the shared card template with the world's own sections."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from ..hub import render_card
-
-    world_fields = world.card_fields()
-    card_data = ModelCardData(library_name="diffusers", pipeline_tag="image-to-image", license=world_fields["license"],
-                              tags=["dbb_hf", "stable-diffusion", "inpainting", "miniature", *world_fields["tags"]])
-    fields = {**card_fields(pipeline_dir, run_dir), **world_fields}
-    render_card(ModelCard, card_data, CARD_TEMPLATE, **fields).save(Path(pipeline_dir) / "README.md")
-
-
 def export_checkpoint(run_dir: str | Path, step: int, export_dir: str | Path, dtype: str = "float16") -> str:
     """The pipeline of an intermediate ``checkpoint-<step>`` (its EMA UNet) with the run's VAE.
 
@@ -512,7 +451,7 @@ def export_checkpoint(run_dir: str | Path, step: int, export_dir: str | Path, dt
         raise FileNotFoundError(f"{checkpoint} not found; the run has {[p.name for p in checkpoints(run_dir)]}")
     components = build_components(arch, run_dir / "tokenizer", seed=config.seed,
                                   words=make_world(config, arch).tokenizer_words)
-    decoder_dir = run_dir / "vae-decoder-finetuned"
+    decoder_dir = run_dir / DECODER_DIR
     components["vae"] = AutoencoderKL.from_pretrained(decoder_dir if decoder_dir.is_dir() else run_dir / "vae")
     ema = EMAModel(components["unet"].parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
     # accelerate saves a registered object's state_dict (tensors and numbers) as custom_checkpoint_0.pkl.
@@ -544,6 +483,27 @@ def parse_args(argv: list[str]) -> tuple[PriorTrainingConfig, PriorArchitecture]
     return parser.parse_args_into_dataclasses(argv)
 
 
+def train_decoder(world, config: PriorTrainingConfig, out: Path, log) -> dict:
+    """Fine-tune the decoder of the run's saved VAE into ``out/vae-decoder-finetuned``.
+
+    Written aside and renamed, so a run that looks for it never finds half of it.
+    """
+    from diffusers import AutoencoderKL
+
+    if not (out / "vae" / "config.json").exists():
+        raise FileNotFoundError(f"{out / 'vae'} not found: the run has not trained its VAE yet")
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    began = time.time()
+    figures = finetune_decoder(vae, world.images(), config, log)
+    partial = out / f".partial-{DECODER_DIR}"
+    shutil.rmtree(partial, ignore_errors=True)
+    vae.save_pretrained(partial)
+    shutil.rmtree(out / DECODER_DIR, ignore_errors=True)
+    partial.rename(out / DECODER_DIR)
+    log({"stage": "timing", "part": "decoder", "seconds": round(time.time() - began, 1)})
+    return figures
+
+
 def train_prior(config: PriorTrainingConfig, arch: PriorArchitecture, command: str) -> dict:
     """Train (or resume) the prior of ``config.world`` and export it; the run's figures."""
     if config.num_threads:
@@ -557,6 +517,9 @@ def train_prior(config: PriorTrainingConfig, arch: PriorArchitecture, command: s
             f.write(json.dumps(record) + "\n")
 
     world = make_world(config, arch)
+    if config.only_decoder:  # beside the main run: its config.json stays the main run's
+        log({"stage": "launch", "command": command, "note": "decoder only, beside the UNet's training"})
+        return train_decoder(world, config, out, log)
     (out / "config.json").write_text(
         json.dumps({"training": asdict(config), "architecture": asdict(arch), "command": command}, indent=2)
     )
@@ -587,16 +550,12 @@ def train_prior(config: PriorTrainingConfig, arch: PriorArchitecture, command: s
     figures.update(train_unet(config, components, pool, caption_embeds, caption_ids, out, log))
     log({"stage": "timing", "part": "UNet", "seconds": round(time.time() - part_began, 1)})
     components["unet"].eval()
-    decoder_dir = out / "vae-decoder-finetuned"
-    if config.decoder_steps and (decoder_dir / "config.json").exists():
+    if config.decoder_steps:
         from diffusers import AutoencoderKL
 
-        components["vae"] = AutoencoderKL.from_pretrained(decoder_dir)
-    elif config.decoder_steps:
-        part_began = time.time()
-        figures.update(finetune_decoder(components["vae"], world.images(), config, log))
-        components["vae"].save_pretrained(decoder_dir)
-        log({"stage": "timing", "part": "decoder", "seconds": round(time.time() - part_began, 1)})
+        if not (out / DECODER_DIR / "config.json").exists():
+            figures.update(train_decoder(world, config, out, log))
+        components["vae"] = AutoencoderKL.from_pretrained(out / DECODER_DIR)
     export = Path(config.export_dir or out / "pipeline")
     if export.exists():
         shutil.rmtree(export)
