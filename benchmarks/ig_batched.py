@@ -18,6 +18,7 @@ import time
 import timm
 import torch
 
+from dbb_hf.devices import resolve_device
 from dbb_hf.pruning import integrated_gradients
 
 
@@ -33,7 +34,7 @@ def parse_args():
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--target-speedup", type=float, default=3.0)
     parser.add_argument("--tolerance", type=float, default=1e-5, help="max abs attribution difference allowed")
@@ -55,7 +56,7 @@ def main():
     args = parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device, dtype = resolve_device(args.device), getattr(torch, args.dtype)
     if device.type == "cuda":
         # TF32 would make batched and per-image results differ by more than rounding.
         torch.backends.cudnn.allow_tf32 = False

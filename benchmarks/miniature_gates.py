@@ -110,7 +110,7 @@ class ToyGates:
         from PIL import Image
 
         from dbb_hf.data.toy import ToyConfig, load_toy
-        from dbb_hf.masking import dilate, region_mask
+        from dbb_hf.mask_arithmetic import dilate, region_mask
 
         args = self.args
         test = load_toy(ToyConfig(num_train=4, num_validation=4, num_test=args.num_images, seed=args.seed))["test"]
@@ -318,7 +318,8 @@ def balance_groups(dataset, seed: int):
 
 
 def run_gate(dataset, pipe, config, class_names, tokens, oracle) -> dict:
-    from dbb_hf.inpainting import binary_mask, run_inpainting
+    from dbb_hf.inpainting import run_inpainting
+    from dbb_hf.mask_arithmetic import binary_mask
 
     started = time.time()
     edited = run_inpainting(dataset, config, pipe=pipe, class_names=class_names, tokens=tokens)

@@ -134,7 +134,9 @@ def setup_stage(stage: str, root: Path, args):
     torch.set_num_threads(args.threads)
     data = load_from_disk(root / f"input-{stage}").select(range(args.rows))
     output_dir = tempfile.mkdtemp(prefix=f"{stage}-", dir=root)
-    sharding = {"output_dir": output_dir, "shard_size": args.shard_size}
+    from dbb_hf.stages import ShardPlan
+
+    sharding = {"output_dir": output_dir, "shards": ShardPlan(shard_size=args.shard_size)}
     if stage == "masking":
         from dbb_hf.masking import MaskingConfig, load_masking_models, run_masking
 

@@ -21,7 +21,7 @@ from typing import Optional
 
 from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, load_dataset, load_from_disk
 
-from .data.common import DatasetFormatError
+from .errors import DatasetFormatError
 from .hub_access import looks_like_path, reaching
 
 REQUIRED_SPLITS = ("train", "synthetic")
@@ -102,8 +102,29 @@ def check_augmented(dataset: DatasetDict, source: str) -> DatasetDict:
     return dataset
 
 
+RUN_AUGMENTED = "augmented"  # where a run folder keeps its augmented dataset
+RUN_CONFIG = "config.yaml"  # what every run folder has, from its first second on
+
+
 def _is_saved_to_disk(folder: str) -> bool:
     return os.path.exists(os.path.join(folder, "dataset_dict.json"))
+
+
+def _run_augmented(folder: str) -> Optional[str]:
+    """``folder/augmented`` when ``folder`` is a run folder (the pipeline's ``output_dir``), else None.
+
+    Raises when it is a run folder whose augmented dataset is not written yet, saying what to do.
+    """
+    inner = os.path.join(folder, RUN_AUGMENTED)
+    if _is_saved_to_disk(inner):
+        return inner
+    if os.path.isfile(os.path.join(folder, RUN_CONFIG)):
+        raise DatasetFormatError(
+            f"{folder!r} is a dbb_hf run folder without an augmented dataset: {inner!r} is not written yet "
+            "(the run stopped before its 'augmented' stage). Rerun the run's command to finish it, then pass "
+            f"{folder!r} (or {inner!r}); or pass a published augmented dataset (Hub id or folder)"
+        )
+    return None
 
 
 def load_saved(folder: str) -> DatasetDict:
@@ -137,13 +158,18 @@ def load_augmented(
     """Load an augmented dataset, ready for retraining.
 
     Accepts a Hub dataset id (``"<user>/waterbirds-dbb"``, at ``revision``), a local folder
-    in the Hub's layout (what :func:`dbb_hf.hub.save_dataset_folder` writes), or the run's
-    ``save_to_disk`` folder. Every split gets the shared schema of :func:`unify_features`.
+    in the Hub's layout (what :func:`dbb_hf.hub.save_dataset_folder` writes), the run's
+    ``save_to_disk`` folder (``<output_dir>/augmented``), or the run folder itself
+    (``<output_dir>``: its ``augmented/`` is read). Every split gets the shared schema of
+    :func:`unify_features`.
     """
     source = os.fspath(repo_id_or_folder)
     if os.path.isdir(source):
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to Hub ids, but {source!r} is a local folder")
+        inner = None if _is_saved_to_disk(source) else _run_augmented(source)
+        if inner is not None:
+            source = inner
         if _is_saved_to_disk(source):
             dataset = load_saved(source)
         else:

@@ -2,7 +2,7 @@
 
 A run takes hours; a label outside the class list, an absent column or two class lists
 that disagree would otherwise surface deep inside a loss or a model call, or not at all.
-Every check raises :class:`~dbb_hf.data.common.DatasetFormatError` (a ``ValueError``)
+Every check raises :class:`~dbb_hf.errors.DatasetFormatError` (a ``ValueError``)
 naming the stage, the split, the column and the offending values.
 """
 
@@ -13,7 +13,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from datasets import ClassLabel, Dataset
 
-from .data.common import DatasetFormatError
+from .errors import DatasetFormatError
 
 # At most this many offending values / example ids are quoted in an error.
 QUOTED = 5

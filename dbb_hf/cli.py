@@ -199,7 +199,9 @@ def learn_tokens_main(argv: list[str]) -> int:
     images = _load_input(io)
     prompts = _prompts(images, io)
     per_class = {c: images.filter(lambda y: y == c, input_columns="label")["image"] for c in range(len(prompts))}
-    _print_json(learn_tokens(per_class, prompts, config, args.output_dir))
+    # Tokens are named after the classes; the prompts name the object with the words inpainting uses.
+    names = images.features["label"].names
+    _print_json(learn_tokens(per_class, names, config, args.output_dir, prompt_name=prompts))
     return 0
 
 
@@ -210,7 +212,7 @@ def mask_main(argv: list[str]) -> int:
     io, d, config, _ = parse_sections({}, [StageIO, DeviceArg, MaskingConfig], argv)
     dataset = _load_input(io)
     prompts = _prompts(dataset, io)  # checked before any model is loaded
-    models = None if config.backend == "column" else load_masking_models(config, d.device)
+    models = load_masking_models(config, d.device) if config.loads_models() else None
     _save_output(run_masking(dataset, config, class_names=prompts, models=models, device=d.device), io)
     return 0
 
@@ -244,24 +246,13 @@ def inpaint_main(argv: list[str]) -> int:
 
 
 def _tokens_by_class(tokens_dir: str, class_names: list[str]) -> list[str]:
-    """Each class's token: from ``tokens.json`` when present, else the class indices that
-    ``learn_tokens`` writes into its combined embeddings file."""
-    from .textual_inversion import read_embeds
+    """Each class's token in the token folder ``tokens_dir``; exits naming the classes without one."""
+    from .textual_inversion import tokens_by_class
 
-    index = os.path.join(tokens_dir, "tokens.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            by_class = {int(c): entry["token"] for c, entry in json.load(f).items()}
-    else:
-        _, info = read_embeds(tokens_dir)
-        by_class = {int(i["class_index"]): token for token, i in info.items() if "class_index" in i}
-    missing = [name for c, name in enumerate(class_names) if c not in by_class]
-    if missing:
-        raise SystemExit(
-            f"inpaint: --tokens_dir {tokens_dir} has no token for class(es) {missing}; it has tokens for class "
-            f"indices {sorted(by_class)} ({by_class}) and the dataset's classes are {class_names}"
-        )
-    return [by_class[c] for c in range(len(class_names))]
+    try:
+        return tokens_by_class(tokens_dir, class_names)
+    except ValueError as error:
+        raise SystemExit(f"inpaint: --tokens_dir {error}") from None
 
 
 @dataclass

@@ -26,7 +26,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Image as ImageFeature
 from PIL import Image
 
-from .data.common import DatasetFormatError
+from .errors import DatasetFormatError
 
 # Integer modes wider than 8 bits, and the factor that maps their full range onto 0..255.
 WIDE_INTEGER_MODES = {"I;16": 257.0, "I;16L": 257.0, "I;16B": 257.0, "I;16N": 257.0, "I": 257.0}

@@ -31,17 +31,20 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from datasets import Dataset, Image as ImageFeature, Value
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from .data.common import require_columns
+from .devices import diffusers_dtype, resolve_device, resolve_dtype
 from .hub_access import reaching
 from .images import to_rgb
-from .stages import ImageGuard, apply_stage, run_resumable
+from .mask_arithmetic import binary_mask, mask_image
+from .revisions import default_revision
+from .stages import ImageGuard, ShardPlan, run_stage
 
 BACKENDS = ("diffusers", "compose")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -59,9 +62,10 @@ class InpaintingConfig:
         default="sd2-community/stable-diffusion-2-inpainting",
         metadata={"help": "Inpainting pipeline on the Hub or a local folder (the paper: Stable Diffusion 2 inpainting)."},
     )
-    revision: str = field(
-        default="main",
-        metadata={"help": "Hub revision of model_id; pin a commit hash for reproducible runs."},
+    revision: str | None = field(
+        default=None,
+        metadata={"help": "Hub revision (branch, tag or commit) of model_id; default: for the default model the "
+                  "commit 5f74973cbb64c8568780732c17f43eb269d63a0d, else main. The run records the commit it used."},
     )
     torch_dtype: str = field(
         default="auto",
@@ -100,6 +104,8 @@ class InpaintingConfig:
     compile_unet: bool = field(default=False, metadata={"help": "torch.compile the UNet (pays off on long GPU runs)."})
 
     def __post_init__(self):
+        if self.revision is None:
+            self.revision = default_revision(self.model_id)
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.torch_dtype not in DTYPES:
@@ -131,32 +137,16 @@ def _scheduler_class(name: str) -> type:
     return cls
 
 
-def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
-    """The torch dtype for ``name``; ``auto`` is float16 on CUDA (as diffusers documents SD2) and float32 elsewhere."""
-    if name == "auto":
-        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
-def _dtype_kwargs(dtype: torch.dtype) -> dict:
-    """``from_pretrained``'s dtype argument: ``dtype`` in recent diffusers, ``torch_dtype`` before."""
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (exists once `dtype` does)
-    except ImportError:
-        return {"torch_dtype": dtype}
-    return {"dtype": dtype}
-
-
 def load_inpainting_pipeline(config: InpaintingConfig, device: str | torch.device | None = None):
     """Load the inpainting pipeline once (``from_pretrained`` with the pinned revision) and ready it."""
     from diffusers import StableDiffusionInpaintPipeline
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     with reaching(config.model_id, config.revision, "inpainting model"):
         pipe = StableDiffusionInpaintPipeline.from_pretrained(
             config.model_id,
             revision=config.revision,
-            **_dtype_kwargs(resolve_dtype(config.torch_dtype, device)),
+            **diffusers_dtype(resolve_dtype(config.torch_dtype, device)),
             safety_checker=None,
             requires_safety_checker=False,
         )
@@ -175,18 +165,6 @@ def example_seed(base_seed: int, example_id: str, target_label: int) -> int:
     """A stable 63-bit seed for one example (sha256, so the same in every process and run)."""
     key = json.dumps([int(base_seed), str(example_id), int(target_label)])
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
-
-
-def binary_mask(mask: Image.Image, dilation: int = 0) -> np.ndarray:
-    """A boolean array of ``mask`` (> 127), grown by ``dilation`` pixels in each direction."""
-    mask = mask.convert("L").point(lambda v: 255 if v > 127 else 0)
-    if dilation:
-        mask = mask.filter(ImageFilter.MaxFilter(2 * dilation + 1))
-    return np.asarray(mask) > 127
-
-
-def _mask_to_image(mask: np.ndarray) -> Image.Image:
-    return Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
 
 
 def _row_status(batch: dict, i: int) -> str:
@@ -255,7 +233,7 @@ def inpaint_batch(batch: dict, *, pipe, config: InpaintingConfig, class_names: S
     side = (config.resolution, config.resolution)
     # Resize the mask with bilinear weights and keep every touched pixel, so the model may
     # repaint at least the whole object; the final composite uses the exact mask.
-    pipe_masks = [_mask_to_image(m).resize(side, Image.BILINEAR).point(lambda v: 255 if v > 0 else 0) for m in masks]
+    pipe_masks = [mask_image(m).resize(side, Image.BILINEAR).point(lambda v: 255 if v > 0 else 0) for m in masks]
     # One CPU generator per example: the same noise on any device, whatever the batch.
     generators = [torch.Generator("cpu").manual_seed(out["seed"][i]) for i in todo]
     negative = [config.negative_prompt] * len(todo) if config.negative_prompt is not None else None
@@ -275,7 +253,7 @@ def inpaint_batch(batch: dict, *, pipe, config: InpaintingConfig, class_names: S
     for i, source, mask, image in zip(todo, sources, masks, images):
         painted = np.asarray(image.convert("RGB").resize((source.shape[1], source.shape[0]), Image.BICUBIC))
         out["generated"][i] = Image.fromarray(np.where(mask[..., None], painted, source))
-        out["generated_mask"][i] = _mask_to_image(mask)
+        out["generated_mask"][i] = mask_image(mask)
     return out
 
 
@@ -345,7 +323,7 @@ def compose_batch(batch: dict, *, donors: Dataset, config: InpaintingConfig) -> 
         donor_mask = binary_mask(donor["mask"].resize(size, Image.NEAREST))
         composed = np.where(donor_mask[..., None], donor_image, _erase(source, mask, rng))
         out["generated"][i] = Image.fromarray(composed)
-        out["generated_mask"][i] = _mask_to_image(mask | donor_mask)
+        out["generated_mask"][i] = mask_image(mask | donor_mask)
         out["donor_example_id"][i] = donor["example_id"]
     return out
 
@@ -411,17 +389,14 @@ def run_inpainting(
     tokens: Sequence[str] | None = None,
     output_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
-    shard_size: int = 256,
-    process_index: int = 0,
-    num_processes: int = 1,
-    wait_for_everyone: Callable[[], None] | None = None,
+    shards: ShardPlan | None = None,
     extra_fingerprint: Sequence = (),
 ) -> Dataset:
     """Run the inpainting stage over ``dataset`` (every row kept; see the module docstring).
 
-    With ``output_dir`` the work is sharded and crash-safe (``run_resumable``; pass the
-    Accelerate ``process_index``/``num_processes``/``wait_for_everyone`` to share it
-    between GPUs); otherwise ``datasets.map`` with ``cache_dir`` for caching. The cache key
+    With ``output_dir`` the work is sharded and crash-safe (``run_resumable``; ``shards``:
+    the shard size, and ``ShardPlan.for_processes`` to share it between GPUs); otherwise
+    ``datasets.map`` with ``cache_dir`` for caching. The cache key
     covers the config, the input, the model id/revision and the prompts' token embeddings
     (or the donors); ``extra_fingerprint`` names anything else the pipe depends on (e.g.
     the hash of LoRA weights loaded into it).
@@ -451,7 +426,12 @@ def run_inpainting(
         function, fn_kwargs = compose_batch, {"donors": donors}
         parts = ["compose", donors._fingerprint]
     parts += list(extra_fingerprint)
-    common = dict(
+    return run_stage(
+        dataset,
+        function,
+        cache_dir=cache_dir,
+        output_dir=output_dir,
+        shards=shards,
         stage=f"inpainting-{config.backend}",
         config=config,
         new_features=inpainting_features(config.backend),
@@ -460,15 +440,3 @@ def run_inpainting(
         fingerprint_parts=parts,
         guard=IMAGE_GUARD,
     )
-    if output_dir is not None:
-        return run_resumable(
-            dataset,
-            function,
-            output_dir=output_dir,
-            shard_size=shard_size,
-            process_index=process_index,
-            num_processes=num_processes,
-            wait_for_everyone=wait_for_everyone,
-            **common,
-        )
-    return apply_stage(dataset, function, cache_dir=cache_dir, **common)

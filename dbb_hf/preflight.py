@@ -9,16 +9,14 @@ configs, dataset columns and small files (model configs); no model is loaded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Mapping, Optional
 
-from datasets import ClassLabel, DatasetDict
+from datasets import ClassLabel, DatasetDict, Image
 
-from .checks import check_class_names, check_classes_present, check_labelled
+from .checks import check_class_names, check_classes_present, check_labelled, require_columns
+from .data.common import DatasetFormatError
 from .hub_access import check_reachable
 from .pruning import thresholds_per_class
-
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
 
 
 def resolve_class_prompts(names: list[str], class_prompts: Optional[list[str]]) -> list[str]:
@@ -46,10 +44,9 @@ def check_dataset(dataset: DatasetDict, *, generating: bool) -> list[str]:
     return names
 
 
-def check_per_class_settings(pipeline: "Pipeline", names: list[str]) -> None:
+def check_per_class_settings(run, configs: Mapping, names: list[str]) -> None:
     """Settings given per class (prompts, counts, thresholds, gammas) have one value per class."""
-    configs = pipeline.configs
-    resolve_class_prompts(names, pipeline.run.class_prompts)
+    resolve_class_prompts(names, run.class_prompts)
     selection = configs["selection"]
     counts = selection.lowest_loss_values
     if len(counts) not in (1, len(names)):
@@ -65,9 +62,62 @@ def check_per_class_settings(pipeline: "Pipeline", names: list[str]) -> None:
                          f"{len(names)} classes {names}")
 
 
-def check_models(pipeline: "Pipeline") -> None:
-    """The models of the generation stages exist (folder, or Hub id at its revision, or in the cache)."""
-    configs = pipeline.configs
+def check_selection(configs: Mapping, names: list[str]) -> None:
+    """The selection can hold a row: two classes at least, and a lowest-loss budget above 0
+    for some class (every selected image is edited into another class)."""
+    if len(names) < 2:
+        raise ValueError(
+            f"the dataset has one class {names}: the method edits images of one class into another, so it "
+            "needs at least two (check the label column, or the split that was loaded)"
+        )
+    budgets = configs["selection"].lowest_loss_values
+    if not any(budgets):
+        raise ValueError(
+            f"selection lowest_loss is {configs['selection'].lowest_loss!r}: no image of any class would be "
+            "selected for editing, so there would be nothing to generate; give a count or fraction above 0 "
+            "for at least one class"
+        )
+
+
+def check_textual_inversion_source(configs: Mapping, dataset: DatasetDict) -> None:
+    """With ``ti_source=validation_group``: validation groups exist, and the given ones fit their classes."""
+    from .selection import check_ti_validation_groups
+
+    selection = configs["selection"]
+    if selection.ti_source != "validation_group":
+        return
+    validation = dataset["validation"]
+    require_columns(validation, ["group"], "ti_source='validation_group' (the validation split)",
+                    hint="; it needs group labels, or use ti_source=train_high_loss")
+    if selection.ti_validation_groups is not None:
+        check_ti_validation_groups(validation, selection)
+
+
+def check_mask_column(configs: Mapping, dataset: DatasetDict) -> None:
+    """The ``column`` masking backend's column is an image column of the train split.
+
+    The pipeline keeps a dataset's own ``mask`` as ``source_mask`` (masking writes ``mask``),
+    so either name refers to it.
+    """
+    masking = configs["masking"]
+    if masking.backend != "column":
+        return
+    features = dict(dataset["train"].features)
+    if "mask" in features:
+        features.setdefault("source_mask", features["mask"])
+    if masking.mask_column not in features:
+        raise DatasetFormatError(
+            f"masking backend 'column' reads masks from column {masking.mask_column!r} "
+            f"(--masking_mask_column), which the train split does not have; it has {list(dataset['train'].column_names)}"
+        )
+    if not isinstance(features[masking.mask_column], Image):
+        raise DatasetFormatError(
+            f"masking column {masking.mask_column!r} holds {features[masking.mask_column]}, not images (an Image feature)"
+        )
+
+
+def check_models(configs: Mapping) -> None:
+    """The models of the later stages exist (folder, or Hub id at its revision, or in the cache)."""
     inpainting, masking = configs["inpainting"], configs["masking"]
     if inpainting.backend == "diffusers":
         ti = configs["textual_inversion"]
@@ -82,23 +132,30 @@ def check_models(pipeline: "Pipeline") -> None:
                         "masking segmenter (masking.segmenter_id)", "config.json")
 
 
-def preflight(pipeline: "Pipeline", dataset: DatasetDict) -> Optional[DatasetDict]:
-    """Run every check; returns the run's given augmented dataset (loaded once, here), if any."""
+def preflight(run, configs: Mapping, dataset: DatasetDict) -> Optional[DatasetDict]:
+    """Run every check of a run's settings (its ``RunConfig`` and section ``configs``) against ``dataset``.
+
+    Returns the run's given augmented dataset (loaded once, here), if any.
+    """
     from .augmented import load_augmented
     from .modeling import saved_label_names
 
-    run = pipeline.run
     names = check_dataset(dataset, generating=not run.augmented_dataset)
     if run.erm_model:
         model_names = saved_label_names(run.erm_model)
         if model_names is not None:
             check_class_names(names, model_names, expected_what="the dataset",
                               actual_what=f"the classifier --erm_model {run.erm_model!r} (label_names)")
-    check_per_class_settings(pipeline, names)
+    check_per_class_settings(run, configs, names)
+    if not run.augmented_dataset:
+        check_selection(configs, names)
+        check_mask_column(configs, dataset)
+        if configs["inpainting"].backend == "diffusers":
+            check_textual_inversion_source(configs, dataset)
     if run.augmented_dataset:
         augmented = load_augmented(run.augmented_dataset)
         check_class_names(names, augmented["train"].features["label"].names, expected_what="the dataset",
                           actual_what=f"the augmented dataset {run.augmented_dataset!r}")
         return augmented
-    check_models(pipeline)
+    check_models(configs)
     return None

@@ -35,7 +35,6 @@ model, so thresholds can be re-applied to a saved scored dataset (:func:`rethres
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
@@ -52,10 +51,13 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 
 from .checks import check_classifier_classes, check_label_values, require_columns
-from .data.common import DatasetFormatError
+from .devices import resolve_device
+from .errors import DatasetFormatError
 from .images import to_rgb
+# Under another name: score_edits' model_fingerprint argument (a given digest) would hide it.
 from .modeling import data_config, geometric_transform
-from .stages import ImageGuard, apply_stage, run_resumable, stage_fingerprint, with_new_features
+from .modeling import model_fingerprint as weights_fingerprint
+from .stages import ImageGuard, ShardPlan, run_stage, stage_fingerprint, with_new_features
 
 IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 IG_TARGETS = ("target", "source")
@@ -152,12 +154,6 @@ class PruningConfig:
     def scoring_settings(self) -> dict:
         """The settings that change the scores (P and psi_rule do not: they only threshold)."""
         return {"n_steps": self.n_steps, "method": self.method, "ig_target": self.ig_target}
-
-
-def resolve_device(device: Optional[str]) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -431,20 +427,6 @@ def image_guard(columns) -> ImageGuard:
     return ImageGuard(columns=("image", "generated", _mask_column(columns)), required=("image",), fail=failed_rows)
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A digest of the model's weights, naming it in stage fingerprints.
-
-    The ERM classifier is usually a local fine-tuned checkpoint, so no Hub id/revision
-    identifies it; its tensors' bytes do (pickling the module would not be stable).
-    """
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:32]
-
-
 def score_edits(
     dataset: Dataset,
     model: torch.nn.Module,
@@ -453,17 +435,14 @@ def score_edits(
     Psi: Sequence[float],
     cache_dir: Optional[str | os.PathLike] = None,
     output_dir: Optional[str | os.PathLike] = None,
-    shard_size: int = 256,
-    process_index: int = 0,
-    num_processes: int = 1,
-    wait_for_everyone: Optional[Callable[[], None]] = None,
+    shards: Optional[ShardPlan] = None,
     model_fingerprint: Optional[str] = None,
 ) -> Dataset:
     """Add ``psi``, ``rho``, ``psi_threshold``, ``ig_target`` to every row of ``dataset``.
 
     ``Psi`` comes from :func:`class_confidence` on the training split. With
-    ``output_dir`` the stage runs resumably in shards (several processes share the
-    shards of ``shard_size`` rows); otherwise through ``datasets.map``, cached in ``cache_dir``. The cache key
+    ``output_dir`` the stage runs resumably in shards (as ``shards`` plans them, several
+    processes sharing them); otherwise through ``datasets.map``, cached in ``cache_dir``. The cache key
     holds the input, the scoring settings, Psi and the model (``model_fingerprint``,
     default: a digest of its weights), not P, so re-thresholding reuses the scores.
     """
@@ -480,7 +459,12 @@ def score_edits(
     _require_eval(model)
     model = model.to(resolve_device(config.device))
     Psi = [float(p) for p in Psi]
-    common = dict(
+    return run_stage(
+        dataset,
+        score_batch,
+        cache_dir=cache_dir,
+        output_dir=output_dir,
+        shards=shards,
         stage="pruning-scores",
         config=config.scoring_settings(),
         new_features=SCORE_FEATURES,
@@ -489,18 +473,6 @@ def score_edits(
         fingerprint_parts=[model_fingerprint or weights_fingerprint(model), Psi],
         guard=image_guard(dataset.column_names),
     )
-    if output_dir is not None:
-        return run_resumable(
-            dataset,
-            score_batch,
-            output_dir=output_dir,
-            shard_size=shard_size,
-            process_index=process_index,
-            num_processes=num_processes,
-            wait_for_everyone=wait_for_everyone,
-            **common,
-        )
-    return apply_stage(dataset, score_batch, cache_dir=cache_dir, **common)
 
 
 # ---------------------------------------------------------------- thresholds

@@ -66,13 +66,15 @@ def _summary(metrics: dict) -> dict:
 
 
 def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, configs, data, timings, reused,
-                 num_grid_examples: int, fingerprint: str | None = None) -> dict:
+                 num_grid_examples: int, fingerprint: str | None = None, revisions: dict | None = None) -> dict:
     """Write report.json, report.md and the picture grid.
 
     ``fingerprint`` names everything the pictures depend on (data, models, edits, number
     of examples): a grid saved under the same fingerprint is reused, not drawn again.
+    ``revisions``: the resolved version of every model the run loaded (``resolved_revisions``).
     """
     out = Path(out)
+    revisions = revisions or {}
     report = {
         "erm": _summary(metrics["erm"]["test"]),
         "retrained": _summary(metrics["retrained"]["test"]),
@@ -104,6 +106,8 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
             "textual_inversion": {"id": configs["textual_inversion"].model_id,
                                   "revision": configs["textual_inversion"].revision},
         },
+        # The version each model resolved to: {role: {"id", "revision", "commit"} or {"id", "digest"}}.
+        "resolved_revisions": revisions,
         "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
         "reused_stages": reused,
     }
@@ -186,6 +190,7 @@ def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool
             lines.append(f"| {direction} | {c['selected']} | {c['masked']} | {c['generated']} | {c['kept']} | {c['pruned']} |")
         lines.append("")
     lines += [f"Psi (per source class): {report['Psi']}; P (per target class): {report['P']}", ""]
+    lines += _revisions_markdown(report.get("resolved_revisions") or {})
     lines += _accounting_markdown(report.get("accounting") or {})
     if report.get("pruning"):
         lines += _pruning_markdown(report["pruning"], has_pruned_grid)
@@ -197,6 +202,17 @@ def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool
         lines += ["", "## Edits", "", "Source, mask, edit, integrated gradients (red: towards the target class), verdict.",
                   "", "![edits](grid.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _revisions_markdown(revisions: dict) -> list[str]:
+    """The version of every model the run loaded: the Hub commit, or a local folder's digest."""
+    from .revisions import describe
+
+    if not revisions:
+        return []
+    lines = ["## Models", "", "| role | id | version |", "|---|---|---|"]
+    lines += [f"| {role} | {entry['id']} | {describe(entry)} |" for role, entry in revisions.items()]
+    return lines + [""]
 
 
 def _pruning_markdown(pruning: dict, has_pruned_grid: bool) -> list[str]:

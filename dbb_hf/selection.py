@@ -13,8 +13,6 @@ the same number); here every image gets its own cross-entropy.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 from collections import Counter
@@ -29,7 +27,7 @@ from datasets import Sequence as SequenceFeature
 
 from .checks import check_classifier_classes, check_label_values, require_columns
 from .data.common import group_names
-from .modeling import data_config, eval_transform
+from .modeling import data_config, eval_transform, model_fingerprint
 from .images import to_rgb
 from .stages import ImageGuard, apply_stage
 
@@ -112,21 +110,6 @@ class SelectionConfig:
     def lowest_loss_values(self) -> list[int | float]:
         """The per-class budgets: ints are counts, floats fractions (one value = every class)."""
         return [_parse_budget(v) for v in self.lowest_loss.split(",")]
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of the classifier's weights and preprocessing: what its scores depend on.
-
-    It reads every tensor once (0.2 s for ResNet-50's 94 MB on a CPU), so rescoring with the
-    same weights reuses the cached scores whatever folder or object they came from.
-    """
-    model = getattr(model, "module", model)
-    digest = hashlib.sha256(json.dumps(data_config(model), sort_keys=True, default=str).encode())
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
-    return f"sha256:{digest.hexdigest()}"
 
 
 def score_batch(batch: dict, *, model: torch.nn.Module, transform, device) -> dict:
@@ -264,18 +247,18 @@ def select_lowest_loss(scored_train: Dataset, config: SelectionConfig) -> Datase
     return selected.add_column("target_label", targets, feature=ClassLabel(names=names))
 
 
-def _validation_group_of_class(validation: Dataset, label: int, config: SelectionConfig) -> int:
-    """The validation group to learn class ``label``'s token from (see SelectionConfig)."""
+def check_ti_validation_groups(validation: Dataset, config: SelectionConfig) -> None:
+    """Each class's ``ti_validation_groups`` id names a validation group of that class only."""
+    _require_columns(validation, ["label", "group"], "ti_source='validation_group'")
     labels = np.asarray(validation["label"])
     groups = np.asarray(validation["group"])
     names = validation.features["label"].names
-    if config.ti_validation_groups is not None:
-        if len(config.ti_validation_groups) != len(names):
-            raise ValueError(
-                f"ti_validation_groups has {len(config.ti_validation_groups)} ids "
-                f"but there are {len(names)} classes {names}"
-            )
-        group = config.ti_validation_groups[label]
+    if len(config.ti_validation_groups) != len(names):
+        raise ValueError(
+            f"ti_validation_groups has {len(config.ti_validation_groups)} ids "
+            f"but there are {len(names)} classes {names}"
+        )
+    for label, group in enumerate(config.ti_validation_groups):
         group_labels = set(labels[groups == group].tolist())
         if not group_labels:
             raise ValueError(f"validation group {group} (for class {names[label]!r}) has no images")
@@ -283,7 +266,16 @@ def _validation_group_of_class(validation: Dataset, label: int, config: Selectio
             raise ValueError(
                 f"validation group {group} holds class(es) {sorted(group_labels)}, not class {label} ({names[label]!r})"
             )
-        return group
+
+
+def _validation_group_of_class(validation: Dataset, label: int, config: SelectionConfig) -> int:
+    """The validation group to learn class ``label``'s token from (see SelectionConfig)."""
+    labels = np.asarray(validation["label"])
+    groups = np.asarray(validation["group"])
+    names = validation.features["label"].names
+    if config.ti_validation_groups is not None:
+        check_ti_validation_groups(validation, config)
+        return config.ti_validation_groups[label]
     _require_columns(
         validation, ["erm_loss"], "choosing the validation group automatically",
         "; score the validation split with score_dataset, or set ti_validation_groups",

@@ -214,6 +214,57 @@ def apply_stage(
     )
 
 
+@dataclass(frozen=True)
+class ShardPlan:
+    """How a resumable stage cuts its rows into shards and shares them between processes.
+
+    Shards hold ``shard_size`` consecutive rows. Process ``process_index`` of
+    ``num_processes`` takes shards ``process_index, process_index + num_processes, ...``
+    and calls ``wait_for_everyone`` (Accelerate's barrier) before all shards are read
+    back. The default plan is one process; :meth:`for_processes` is the plan of every
+    process of an ``accelerate launch``.
+    """
+
+    shard_size: int = 256
+    process_index: int = 0
+    num_processes: int = 1
+    wait_for_everyone: Callable[[], None] | None = None
+
+    def __post_init__(self):
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
+        if not 0 <= self.process_index < self.num_processes:
+            raise ValueError(f"process_index {self.process_index} is not one of {self.num_processes} processes")
+
+    @classmethod
+    def for_processes(cls, shard_size: int, state=None) -> "ShardPlan":
+        """The plan of this process in an Accelerate run (``state``: its ``PartialState``)."""
+        if state is None:
+            from accelerate import PartialState
+
+            state = PartialState()
+        return cls(shard_size, state.process_index, state.num_processes, state.wait_for_everyone)
+
+
+def run_stage(
+    dataset: Dataset,
+    function: Callable,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    shards: ShardPlan | None = None,
+    **stage,
+) -> Dataset:
+    """A stage's run: shard by shard into ``output_dir`` when given (:func:`run_resumable`,
+    split as ``shards`` plans), else one ``datasets.map`` cached in ``cache_dir``
+    (:func:`apply_stage`). ``stage``: the keyword arguments both take."""
+    if output_dir is not None:
+        return run_resumable(dataset, function, output_dir=output_dir, shards=shards or ShardPlan(), **stage)
+    if shards is not None:
+        raise ValueError("shards= plans a resumable run into output_dir=, which was not given")
+    return apply_stage(dataset, function, cache_dir=cache_dir, **stage)
+
+
 def run_resumable(
     dataset: Dataset,
     function: Callable,
@@ -224,29 +275,27 @@ def run_resumable(
     new_features: Mapping,
     fn_kwargs: dict | None = None,
     batch_size: int = 16,
-    shard_size: int = 256,
     fingerprint_parts: Sequence[Any] = (),
-    process_index: int = 0,
-    num_processes: int = 1,
-    wait_for_everyone: Callable[[], None] | None = None,
+    shards: ShardPlan = ShardPlan(),
     guard: ImageGuard | None = None,
 ) -> Dataset:
     """Run a stage shard by shard, saving each finished shard, and return all rows in order.
 
-    Each shard of ``shard_size`` consecutive rows is written with ``save_to_disk`` to a
-    temporary folder and renamed into place only when complete, so a run killed at any
-    point loses at most the shard in progress, and a rerun skips finished shards. With
+    Each shard of ``shards.shard_size`` consecutive rows is written with ``save_to_disk``
+    to a temporary folder and renamed into place only when complete, so a run killed at
+    any point loses at most the shard in progress, and a rerun skips finished shards. With
     several processes (Accelerate), process ``r`` takes shards ``r, r + n, ...``; the
     result does not depend on how many processes ran it when ``function`` is
     deterministic per row. Memory stays bounded by one shard.
     """
+    shard_size, process_index = shards.shard_size, shards.process_index
     fingerprint = stage_fingerprint(stage, config, dataset._fingerprint, *fingerprint_parts)
     # Shard k's rows depend on the shard size: a rerun with another size must not pick up
     # shards cut differently (rows would be lost or repeated).
     shards_dir = Path(output_dir) / "shards" / f"{fingerprint}-{shard_size}"
     shards_dir.mkdir(parents=True, exist_ok=True)
     num_shards = max(1, math.ceil(len(dataset) / shard_size))
-    mine = range(process_index, num_shards, num_processes)
+    mine = range(process_index, num_shards, shards.num_processes)
     for k in tqdm(mine, desc=f"{stage} (shards of {shard_size})", disable=process_index != 0):
         final = shards_dir / f"{k:05d}"
         if (final / "dataset_info.json").exists():
@@ -268,8 +317,8 @@ def run_resumable(
         shutil.rmtree(tmp, ignore_errors=True)
         result.save_to_disk(tmp)
         os.replace(tmp, final)
-    if wait_for_everyone is not None:
-        wait_for_everyone()
+    if shards.wait_for_everyone is not None:
+        shards.wait_for_everyone()
     parts = [load_from_disk(shards_dir / f"{k:05d}") for k in range(num_shards)]
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .images import to_rgb
 from .metrics import group_metrics
 from .modeling import ClassifierConfig, create_classifier, eval_transform, save_classifier, train_transform
+from .precision import CHOICES, stage_precision
 from .stages import replace_folder, write_text_atomic
 
 
@@ -87,7 +88,11 @@ class TrainingConfig:
         default="timm", metadata={"help": "timm (the model's training transform) or none (evaluation transform)."}
     )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16."})
+    mixed_precision: str = field(
+        default="launcher",
+        metadata={"help": "launcher (the precision of `accelerate launch` / the accelerate config; no without "
+                  "a launcher), no, fp16 or bf16 (this stage casts itself; see dbb_hf.precision)."},
+    )
     num_workers: int = field(default=2, metadata={"help": "DataLoader workers (decode and transform)."})
     seed: int = field(default=0, metadata={"help": "Seed for initialisation and data order."})
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Epoch checkpoints kept for resuming."})
@@ -107,7 +112,7 @@ class TrainingConfig:
             "optimizer": ("sgd", "adam", "adamw"),
             "lr_scheduler": ("cosine", "constant"),
             "augmentation": ("timm", "none"),
-            "mixed_precision": ("no", "fp16", "bf16"),
+            "mixed_precision": CHOICES,
             "selection_metric": ("auto", "worst_group_accuracy", "accuracy"),
         }
         for name, allowed in choices.items():
@@ -150,7 +155,8 @@ def _collate(rows):
     return batch
 
 
-def make_loader(dataset: Dataset, transform, batch_size: int, *, shuffle: bool, num_workers: int, seed: int = 0):
+def make_loader(dataset: Dataset, transform, batch_size: int, *, shuffle: bool, num_workers: int, seed: int = 0,
+                drop_last: bool = False):
     """A DataLoader that decodes and transforms images in its workers."""
     columns = [c for c in ("image", "label", "group", "direction") if c in dataset.column_names]
     dataset = dataset.select_columns(columns).with_transform(_batch_transform(transform))
@@ -163,7 +169,7 @@ def make_loader(dataset: Dataset, transform, batch_size: int, *, shuffle: bool, 
         collate_fn=_collate,
         generator=generator,
         persistent_workers=num_workers > 0,
-        drop_last=False,
+        drop_last=drop_last,
     )
 
 
@@ -240,6 +246,22 @@ def train_group_counts_of(train: Dataset) -> list[int] | None:
     return np.bincount(np.asarray(train["group"]), minlength=num_groups).tolist()
 
 
+def _lone_last_image(num_images: int, batch_size: int, model: torch.nn.Module) -> bool:
+    """Whether each epoch's last batch would be one image that BatchNorm cannot train on
+    ("Expected more than 1 value per channel"): it is then left out of that epoch. The
+    seeded shuffle leaves out another image each epoch, and every batch keeps the mean
+    losses of Eq. 6-8; the order stays a function of the seed and epoch, so resuming is exact."""
+    lone = batch_size > 1 and num_images % batch_size == 1 and any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    )
+    if lone:
+        warnings.warn(
+            f"{num_images} training images in batches of {batch_size} leave one image alone in the last batch, "
+            "which BatchNorm cannot train on: it is left out of each epoch (another image each epoch)", stacklevel=3,
+        )
+    return lone
+
+
 def _make_optimizer(model, config: TrainingConfig):
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
@@ -281,13 +303,14 @@ def train_classifier(
     output_dir = Path(config.output_dir)
     model_dir = output_dir / "model"
     checkpoint_dir = output_dir / "checkpoints"
+    # No precision here: Accelerate keeps one per process, the launcher's (dbb_hf.precision).
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
     )
+    precision = stage_precision(accelerator, config.mixed_precision, f"training ({config.output_dir})")
     set_seed(config.seed)
     check_training_data(train, validation, synthetic, config.gammas)
     label_names = train.features["label"].names
@@ -307,7 +330,8 @@ def train_classifier(
     train_set = with_directions(train, synthetic)
     transform = train_transform(model) if config.augmentation == "timm" else eval_transform(model)
     train_loader = make_loader(
-        train_set, transform, config.train_batch_size, shuffle=True, num_workers=config.num_workers, seed=config.seed
+        train_set, transform, config.train_batch_size, shuffle=True, num_workers=config.num_workers, seed=config.seed,
+        drop_last=_lone_last_image(len(train_set), config.train_batch_size, model),
     )
     val_loader = make_loader(validation, eval_transform(model), config.eval_batch_size, shuffle=False, num_workers=config.num_workers)
     optimizer = _make_optimizer(model, config)
@@ -320,6 +344,7 @@ def train_classifier(
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
     )
+    precision.take_over(accelerator, model)
 
     has_groups = "group" in validation.column_names and "spurious" in validation.features
     train_counts = train_group_counts_of(train)
@@ -342,8 +367,9 @@ def train_classifier(
         progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=not accelerator.is_main_process)
         for step, batch in enumerate(progress):
             with accelerator.accumulate(model):
-                logits = model(batch["pixel_values"])
-                loss = dbb_loss(logits, batch["label"], batch["direction"], config.gammas)
+                with precision.autocast():
+                    logits = model(batch["pixel_values"])
+                loss = dbb_loss(logits.float(), batch["label"], batch["direction"], config.gammas)
                 if not torch.isfinite(loss):
                     # Stop before the step: the weights, the saved model and the last
                     # epoch checkpoint stay as they were.
@@ -353,15 +379,16 @@ def train_classifier(
                         f"Nothing of this epoch was saved; the last complete checkpoint is "
                         f"{_latest_checkpoint(checkpoint_dir)}"
                     )
-                accelerator.backward(loss)
-                optimizer.step()
+                precision.backward(accelerator, loss)
+                precision.step(accelerator, optimizer)
                 scheduler.step()
                 optimizer.zero_grad()
             running += loss.item() * len(batch["label"])
             seen += len(batch["label"])
             progress.set_postfix(loss=f"{running / seen:.4f}")
 
-        preds, labels, groups = predict(model, val_loader, accelerator, desc="validation")
+        with precision.autocast():
+            preds, labels, groups = predict(model, val_loader, accelerator, desc="validation")
         names = None
         if has_groups:
             from .data.common import group_names

@@ -20,6 +20,7 @@ import numpy as np
 
 from dbb_hf.data import load_benchmark
 from dbb_hf.masking import MaskingConfig, run_masking
+from dbb_hf.stages import ShardPlan
 from dbb_hf.tiny.detection import save_tiny_grounding_dino, save_tiny_sam
 
 parser = argparse.ArgumentParser(description="Mask the class objects of toy images.")
@@ -38,7 +39,8 @@ detector = save_tiny_grounding_dino(os.path.join(output_dir, "tiny-grounding-din
 segmenter = save_tiny_sam(os.path.join(output_dir, "tiny-sam"))
 config = MaskingConfig(detector_id=detector, segmenter_id=segmenter, box_threshold=0.0, text_threshold=0.0)
 masked = run_masking(train.rename_column("mask", "gt_mask"), config, class_names=["horizontal bar", "vertical bar"],
-                     device="cpu", output_dir=os.path.join(output_dir, "masked"), shard_size=4)
+                     device="cpu", output_dir=os.path.join(output_dir, "masked"),
+                     shards=ShardPlan(shard_size=4))
 print("grounded_sam columns:", masked.column_names)
 print("grounded_sam:", Counter(masked["mask_status"]))
 for row in masked.select(range(3)):

@@ -143,7 +143,7 @@ def test_stages_refuse_labels_out_of_range_before_any_work(toy, tmp_path):
     dataset = pipeline.data.load()
     dataset["test"] = with_labels(dataset["test"], "spurious", {1: 9})
     with pytest.raises(DatasetFormatError, match=r"split 'test'.*'spurious'.*\[9\]"):
-        preflight(pipeline, dataset)
+        preflight(pipeline.run, pipeline.configs, dataset)
 
 
 # ------------------------------------------------------------------ a class with no samples
@@ -158,7 +158,7 @@ def test_a_class_without_samples_is_named_with_its_split(toy, tmp_path):
     dataset = pipeline.data.load()
     dataset["train"] = only_horizontal
     with pytest.raises(DatasetFormatError, match=r"split 'train'.*'vertical_bar'"):
-        preflight(pipeline, dataset)
+        preflight(pipeline.run, pipeline.configs, dataset)
 
     scored = scored_rows([0.3, 0.1], [0, 0])
     with pytest.raises(ValueError, match="class 'b' has no images"):
@@ -218,11 +218,11 @@ def test_class_lists_that_disagree_are_named_before_erm(toy, tmp_path):
     pipeline = make_pipeline(tmp_path, run={"class_prompts": ["bar"]})
     dataset = pipeline.data.load()
     with pytest.raises(ValueError, match=r"class_prompts has 1 entries \['bar'\].*2 classes \['horizontal_bar', "):
-        preflight(pipeline, dataset)
+        preflight(pipeline.run, pipeline.configs, dataset)
 
     wrong_gammas = make_pipeline(tmp_path, retraining={"gammas": [1, 2, 3]})
     with pytest.raises(ValueError, match=r"gammas has 3 values.*2 classes"):
-        preflight(wrong_gammas, dataset)
+        preflight(wrong_gammas.run, wrong_gammas.configs, dataset)
 
     # A classifier trained on other classes, given as --erm_model.
     other = tmp_path / "other-classifier"
@@ -239,7 +239,7 @@ def test_class_lists_that_disagree_are_named_before_erm(toy, tmp_path):
     renamed.save_to_disk(str(tmp_path / "cats-dogs"))
     with_augmented = make_pipeline(tmp_path, run={"augmented_dataset": str(tmp_path / "cats-dogs")})
     with pytest.raises(DatasetFormatError, match=r"augmented dataset .*cats-dogs.* has \['cat', 'dog'\]"):
-        preflight(with_augmented, dataset)
+        preflight(with_augmented.run, with_augmented.configs, dataset)
 
     # Retraining from a classifier made for other classes.
     with pytest.raises(DatasetFormatError, match=r"initial classifier .* has \['cat', 'dog'\]"):
@@ -335,8 +335,9 @@ def tiny_sd(tmp_path_factory):
 
 def test_a_nan_textual_inversion_loss_names_the_class_and_step(tiny_sd, toy, tmp_path, monkeypatch):
     import dbb_hf.textual_inversion as ti
+    from dbb_hf.textual_inversion import train
 
-    monkeypatch.setattr(ti, "_diffusion_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(train, "_diffusion_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     config = ti.TextualInversionConfig(model_id=tiny_sd["base"], initializer_token="bar", max_train_steps=2,
                                        resolution=32, checkpointing_steps=1)
     with pytest.raises(FloatingPointError, match=r"class 'horizontal_bar'.*loss is nan at step 1 of 2"):

@@ -66,9 +66,8 @@ def artifacts(out: Path) -> dict:
     return {
         "augmented": {name: split.data.table for name, split in augmented.items()},
         "pruning": load_from_disk(str(out / "pruning")).data.table,
-        # Files compared byte for byte, where the format allows it: a safetensors header
-        # lists its metadata in hash-map order, so the token file (two metadata keys) is
-        # compared by content: every tensor's bytes and the metadata.
+        # Files compared byte for byte; the token file by content (every tensor's bytes
+        # and the metadata), which is what loading it reads.
         "weights": {name: sha256(out / name) for name in ("erm/model/model.safetensors", "retrained/model/model.safetensors")},
         "tokens": safetensors_content(out / "tokens" / "learned_embeds.safetensors"),
         "report": {k: v for k, v in report.items() if k not in VOLATILE_REPORT_KEYS},
@@ -113,9 +112,9 @@ KILL_POINTS = [
     "return:dbb_hf.training._save_checkpoint@erm:1",       # ERM: just after checkpoint 1
     "call:dbb_hf.training.dbb_loss@erm:2",                 # ERM: mid epoch 2 (resumed)
     "saved:scores/main:1",                                 # scores computed, stage not saved
-    "call:dbb_hf.textual_inversion._diffusion_loss:2",     # textual inversion: step 2 of class 0
+    "call:dbb_hf.textual_inversion.train._diffusion_loss:2",  # textual inversion: step 2 of class 0
     "replaced:tokens/horizontal_bar/learned_embeds.safetensors:1",  # one class's token done
-    "call:dbb_hf.textual_inversion._diffusion_loss:3",     # textual inversion: last step of class 1
+    "call:dbb_hf.textual_inversion.train._diffusion_loss:3",  # textual inversion: last step of class 1
     "replaced:masks/shards:1",                             # masks: 1 of 2 shards done
     "saved:.masks.tmp:1",                                  # masks: stage folder written, not renamed
     "call:dbb_hf.inpainting.inpaint_batch:2",              # generation: mid shard 0

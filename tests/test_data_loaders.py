@@ -1,6 +1,7 @@
 """Every loader against a tiny fixture of its official layout, written by the test."""
 
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -268,7 +269,9 @@ def metashift_dir(tmp_path):
     root = tmp_path / "MetaDatasetCatDog"
     for folder, count in METASHIFT_FOLDERS.items():
         for k in range(count):
-            write_image(str(root / folder / f"{folder.split('(')[1][:-1]}_{k:03d}.jpg"), k)
+            # Release files are named by their Visual Genome id: one name is one image.
+            animal, context = folder.split("/")[1], folder.split("(")[1][:-1]
+            write_image(str(root / folder / f"{animal}_{context}_{k:03d}.jpg"), k)
         (root / folder / "notes.txt").write_text("not an image")
     return root
 
@@ -286,9 +289,9 @@ def test_metashift_disc_layout(metashift_dir):
     assert {k: v for k, v in counts["validation"].items() if v} == {"cat/shelf": 2, "dog/shelf": 4}
     assert {k: v for k, v in counts["test"].items() if v} == {"cat/shelf": 8, "dog/shelf": 16}
     assert dataset["train"].features["group"] == Value("int32")
-    assert rows_by_id(dataset["train"])["train/dog/dog(bike)/bike_001.jpg"]["group"] == 1 * 5 + contexts.index("bike")
+    assert rows_by_id(dataset["train"])["train/dog/dog(bike)/dog_bike_001.jpg"]["group"] == 1 * 5 + contexts.index("bike")
     validation, test = set(dataset["validation"]["example_id"]), set(dataset["test"]["example_id"])
-    shelf = {f"test/{a}/{a}(shelf)/shelf_{k:03d}.jpg" for a, n in (("cat", 10), ("dog", 20)) for k in range(n)}
+    shelf = {f"test/{a}/{a}(shelf)/{a}_shelf_{k:03d}.jpg" for a, n in (("cat", 10), ("dog", 20)) for k in range(n)}
     assert not validation & test and validation | test == shelf
     assert not any("boat" in e for e in dataset["train"]["example_id"])
 
@@ -305,9 +308,9 @@ def test_metashift_carve_is_seeded(metashift_dir):
 
 def test_metashift_uses_a_val_folder_when_present(metashift_dir):
     for animal in ("cat", "dog"):
-        write_image(str(metashift_dir / f"val/{animal}/{animal}(shelf)/v.jpg"), 1)
+        write_image(str(metashift_dir / f"val/{animal}/{animal}(shelf)/{animal}_v.jpg"), 1)
     dataset = load_metashift(MetaShiftConfig(str(metashift_dir)))
-    assert sorted(dataset["validation"]["example_id"]) == ["val/cat/cat(shelf)/v.jpg", "val/dog/dog(shelf)/v.jpg"]
+    assert sorted(dataset["validation"]["example_id"]) == ["val/cat/cat(shelf)/cat_v.jpg", "val/dog/dog(shelf)/dog_v.jpg"]
     assert len(dataset["test"]) == 30
 
 
@@ -445,3 +448,232 @@ def test_configs_are_command_lines():
     assert metashift.train_contexts == "cat:sofa,bed;dog:bench,bike"
     with pytest.raises(SystemExit):
         HfArgumentParser(WaterbirdsConfig).parse_args_into_dataclasses([])  # data_dir is required
+
+
+# ---------------------------------------------------------------- malformed and duplicate rows
+
+
+def _attribute_lines(celeba_dir):
+    return (celeba_dir / "list_attr_celeba.txt").read_text().splitlines()
+
+
+def _write_attributes(celeba_dir, lines):
+    (celeba_dir / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("edit, message", [
+    # The names line is missing: line 2 is the first image's row.
+    (lambda lines: lines[:1] + lines[2:], r"line 2 should hold the attribute names.*000001\.jpg.*names line is missing"),
+    (lambda lines: [lines[0], ""] + lines[2:], r"line 2 should hold the attribute names.*empty"),
+    # A name missing from the header (rows have 4 values, line 2 names 3).
+    (lambda lines: [lines[0], "Blond_Hair Eyeglasses Male"] + lines[2:],
+     r"line 2 names 3 attributes but every row has 4 values: 1 name\(s\) missing from line 2"),
+    # An extra name in the header.
+    (lambda lines: [lines[0], lines[1] + " Wavy_Hair"] + lines[2:],
+     r"line 2 names 5 attributes but every row has 4 values: line 2 has 1 name\(s\) too many"),
+    (lambda lines: [lines[0], lines[1] + " Male"] + lines[2:], r"line 2 names attribute\(s\) \['Male'\] more than once"),
+    # An extra value on some rows (pandas used to shift them into a MultiIndex).
+    (lambda lines: lines[:4] + [lines[4] + "  1", lines[5] + " -1 1"] + lines[6:],
+     r"2 line\(s\) do not have 5 fields.*line 5 has 6, line 6 has 7"),
+    (lambda lines: lines[:6] + [lines[6].replace("-1", " 0", 2)] + lines[7:], r"column '.*' should be one of \[-1, 1\].*line 7: 0"),
+])
+def test_malformed_celeba_attribute_files_name_the_line_and_the_problem(celeba_dir, edit, message):
+    _write_attributes(celeba_dir, edit(_attribute_lines(celeba_dir)))
+    with pytest.raises(DatasetFormatError, match=message) as error:
+        load_celeba(CelebAConfig(str(celeba_dir)))
+    assert "list_attr_celeba.txt" in str(error.value)
+
+
+def test_celeba_duplicate_rows_exact_dropped_with_a_warning_conflicting_refused(celeba_dir):
+    lines = _attribute_lines(celeba_dir)
+    # Line 5 (000003.jpg) repeated at the end, the count line not updated: dropped, named.
+    _write_attributes(celeba_dir, lines + [lines[4]])
+    with pytest.warns(UserWarning, match=r"dropped 1 row\(s\) that repeat an earlier row of the same file exactly.*'000003\.jpg' \(line 75\)"):
+        dataset = load_celeba(CelebAConfig(str(celeba_dir)))
+    ids = sum((list(dataset[s]["example_id"]) for s in SPLITS), [])
+    assert len(ids) == len(set(ids)) == 72
+    # The same file with another Blond_Hair value: refused, naming the file, both lines and the column.
+    conflicting = lines[4].split()
+    conflicting[2] = "1" if conflicting[2] == "-1" else "-1"
+    _write_attributes(celeba_dir, lines + [" ".join(conflicting)])
+    with pytest.raises(DatasetFormatError, match=r"1 file\(s\) listed more than once.*'000003\.jpg' \(line 5: Blond_Hair=.*line 75: Blond_Hair="):
+        load_celeba(CelebAConfig(str(celeba_dir)))
+    _write_attributes(celeba_dir, lines)
+
+    # Partition rows: an exact repeat is dropped; one image in two partitions is refused.
+    partition = (celeba_dir / "list_eval_partition.txt").read_text()
+    (celeba_dir / "list_eval_partition.txt").write_text(partition + "000002.jpg 1\n")
+    with pytest.warns(UserWarning, match=r"list_eval_partition\.txt: dropped 1 row.*'000002\.jpg' \(line 73\)"):
+        assert sum(len(d) for d in load_celeba(CelebAConfig(str(celeba_dir))).values()) == 72
+    (celeba_dir / "list_eval_partition.txt").write_text(partition + "000002.jpg 2\n")
+    with pytest.raises(DatasetFormatError, match=r"list_eval_partition\.txt.*'000002\.jpg' \(line 2: partition=1; line 73: partition=2\)"):
+        load_celeba(CelebAConfig(str(celeba_dir)))
+    (celeba_dir / "list_eval_partition.txt").write_text(partition.replace("000004.jpg 0", "000004.jpg zero"))
+    with pytest.raises(DatasetFormatError, match=r"partition should be an integer.*line 4: 'zero'"):
+        load_celeba(CelebAConfig(str(celeba_dir)))
+    (celeba_dir / "list_eval_partition.txt").write_text(partition)
+    identities = (celeba_dir / "identity_CelebA.txt").read_text()
+    (celeba_dir / "identity_CelebA.txt").write_text(identities + "000002.jpg 7\n")
+    with pytest.raises(DatasetFormatError, match=r"identity_CelebA\.txt.*'000002\.jpg'.*identity=1000.*identity=7"):
+        load_celeba(CelebAConfig(str(celeba_dir), split_by_identity=True))
+
+
+def test_celeba_class_balance_is_seeded_and_leaves_validation_and_test_alone(celeba_dir):
+    options = dict(target_attribute="Eyeglasses", spurious_attribute="Male")  # a third of the faces wear glasses
+    plain = load_celeba(CelebAConfig(str(celeba_dir), **options))
+    balanced = load_celeba(CelebAConfig(str(celeba_dir), class_balance=True, seed=1, **options))
+    train_labels = np.bincount(plain["train"]["label"])
+    assert train_labels[0] != train_labels[1]
+    assert np.bincount(balanced["train"]["label"]).tolist() == [train_labels.min()] * 2
+    assert set(balanced["train"]["example_id"]) < set(plain["train"]["example_id"])
+    for split in ("validation", "test"):
+        assert balanced[split]["example_id"] == plain[split]["example_id"]
+    again = load_celeba(CelebAConfig(str(celeba_dir), class_balance=True, seed=1, **options))
+    other = load_celeba(CelebAConfig(str(celeba_dir), class_balance=True, seed=2, **options))
+    assert again["train"]["example_id"] == balanced["train"]["example_id"]
+    assert other["train"]["example_id"] != balanced["train"]["example_id"]
+    # After an identity re-split too, and as a command-line option.
+    resplit = load_benchmark("celeba", str(celeba_dir), split_by_identity=True, class_balance=True, **options)
+    counts = np.bincount(resplit["train"]["label"])
+    assert counts[0] == counts[1] > 0
+
+
+def test_celeba_keeps_other_attributes_as_columns(celeba_dir):
+    dataset = load_celeba(CelebAConfig(str(celeba_dir), keep_columns=["Eyeglasses"]))
+    assert dataset["train"].features["Eyeglasses"] == ClassLabel(names=["not_eyeglasses", "eyeglasses"])
+    glasses = {f"img_align_celeba/{f}": int(g) for f, _b, _m, g, _p, _i in celeba_rows()}
+    for split in SPLITS:
+        assert dataset[split]["Eyeglasses"] == [glasses[e] for e in dataset[split]["example_id"]]
+    with pytest.raises(DatasetFormatError, match=r"'Wavy_Hair'.*Blond_Hair"):
+        load_celeba(CelebAConfig(str(celeba_dir), keep_columns=["Wavy_Hair"]))
+
+
+def test_waterbirds_duplicate_rows(waterbirds_dir):
+    metadata = pd.read_csv(waterbirds_dir / "metadata.csv")
+    pd.concat([metadata, metadata.iloc[[3]]]).to_csv(waterbirds_dir / "metadata.csv", index=False)
+    with pytest.warns(UserWarning, match=r"dropped 1 row.*'002\.Sparrow/s_0\.jpg' \(line 13\)"):
+        dataset = load_waterbirds(WaterbirdsConfig(str(waterbirds_dir)))
+    assert sum(len(d) for d in dataset.values()) == len(WATERBIRDS_ROWS)
+    # Listed twice with another split (and label): refused, naming the file, lines and values.
+    leaked = metadata.iloc[[3]].assign(split=2, y=1)
+    pd.concat([metadata, leaked]).to_csv(waterbirds_dir / "metadata.csv", index=False)
+    with pytest.raises(DatasetFormatError, match=r"'002\.Sparrow/s_0\.jpg' \(line 5: y=0, split=0; line 13: y=1, split=2\)"):
+        load_waterbirds(WaterbirdsConfig(str(waterbirds_dir)))
+
+
+def test_waterbirds_keeps_columns_and_reads_cub_segmentations(waterbirds_dir, tmp_path):
+    segmentations = tmp_path / "segmentations"
+    for i, (name, *_rest) in enumerate(WATERBIRDS_ROWS):
+        mask = np.zeros((8, 6), dtype=np.uint8)
+        mask[i % 8] = 255
+        os.makedirs(segmentations / os.path.dirname(name), exist_ok=True)
+        Image.fromarray(mask, mode="L").save(segmentations / name.replace(".jpg", ".png"))
+    dataset = load_waterbirds(WaterbirdsConfig(str(waterbirds_dir), segmentation_dir=str(segmentations),
+                                               keep_columns=["place_filename", "img_id"]))
+    assert isinstance(dataset["train"].features["mask"], ImageFeature)
+    row = dataset["validation"][0]  # 001.Albatross/a_3.jpg, row 6 of the metadata
+    assert row["mask"].size == row["image"].size and np.asarray(row["mask"])[6].min() == 255
+    assert (row["place_filename"], row["img_id"]) == ("/l/lake/00000001.jpg", 7)
+    assert dataset["test"].features["img_id"] == Value("int64")
+    os.remove(segmentations / "002.Sparrow" / "s_5.png")
+    with pytest.raises(DatasetFormatError, match=r"1 image\(s\)' masks.*s_5\.jpg"):
+        load_waterbirds(WaterbirdsConfig(str(waterbirds_dir), segmentation_dir=str(segmentations)))
+    with pytest.raises(DatasetFormatError, match=r"'photographer'.*img_filename"):
+        load_waterbirds(WaterbirdsConfig(str(waterbirds_dir), keep_columns=["photographer"]))
+    with pytest.raises(DatasetFormatError, match="would replace the loader's own"):
+        load_waterbirds(WaterbirdsConfig(str(waterbirds_dir), keep_columns=["image"]))
+
+
+def test_metashift_one_file_in_two_classes_or_splits_is_refused(metashift_dir):
+    shutil.copy(metashift_dir / "train/cat/cat(sofa)/cat_sofa_000.jpg", metashift_dir / "test/dog/dog(shelf)")
+    with pytest.raises(DatasetFormatError, match=r"'cat_sofa_000\.jpg' \(train/cat/cat\(sofa\)/cat_sofa_000\.jpg: "
+                                                 r"split='train', class='cat'; test/dog/dog\(shelf\)/cat_sofa_000\.jpg:.*Visual Genome"):
+        load_metashift(MetaShiftConfig(str(metashift_dir)))
+    os.remove(metashift_dir / "test/dog/dog(shelf)/cat_sofa_000.jpg")
+    shutil.copy(metashift_dir / "test/cat/cat(shelf)/cat_shelf_000.jpg", metashift_dir / "train/cat/cat(bed)")
+    with pytest.raises(DatasetFormatError, match=r"'cat_shelf_000\.jpg'.*split="):
+        load_metashift(MetaShiftConfig(str(metashift_dir)))
+
+
+def test_metashift_one_image_in_two_contexts_of_its_class_is_kept_in_both(metashift_dir):
+    # MetaShift's subsets overlap: an image of a cat on a sofa next to a bed is in both folders.
+    shutil.copy(metashift_dir / "train/cat/cat(sofa)/cat_sofa_000.jpg", metashift_dir / "train/cat/cat(bed)")
+    with pytest.warns(UserWarning, match=r"1 image\(s\) are in two or more context folders.*cat_sofa_000\.jpg"):
+        dataset = load_metashift(MetaShiftConfig(str(metashift_dir)))
+    assert {"train/cat/cat(sofa)/cat_sofa_000.jpg", "train/cat/cat(bed)/cat_sofa_000.jpg"} <= set(dataset["train"]["example_id"])
+    assert group_counts(dataset)["train"]["cat/bed"] == 3
+
+
+def test_hub_refuses_empty_labels_naming_split_column_and_ids(tmp_path):
+    rows = hub_split(6, 0)
+    rows["species"][2] = None
+    DatasetDict({s: Dataset.from_dict(rows if s == "test" else hub_split(6, 10), features=HUB_FEATURES)
+                 for s in SPLITS}).save_to_disk(tmp_path / "none")
+    with pytest.raises(DatasetFormatError, match=r"split 'test': column 'species' is empty \(None or NaN\) in 1 row.*\['u2'\]"):
+        load_benchmark("hub", str(tmp_path / "none"), label_column="species", spurious_column="place",
+                       image_column="picture", example_id_column="uid")
+    # A float column with NaN (what pandas makes of an integer column with a gap), no id column.
+    root = tmp_path / "nan"
+    root.mkdir()
+    for split in SPLITS:
+        frame = pd.DataFrame({"picture": [str(tmp_path / f"{split}{i}.png") for i in range(4)],
+                              "bird": [0.0, 1.0, np.nan if split == "train" else 0.0, 1.0], "place": [0, 1, 0, 1]})
+        for path in frame["picture"]:
+            write_image(path, 3)
+        frame.to_parquet(root / f"{split}.parquet")
+    with pytest.raises(DatasetFormatError, match=r"split 'train': column 'bird' is empty.*\['train-2'\]"):
+        load_benchmark("hub", str(root), label_column="bird", spurious_column="place", image_column="picture")
+
+
+def test_hub_duplicate_example_ids_and_files(tmp_path):
+    train = hub_split(6, 0)
+    repeated = {k: v + [v[1]] for k, v in train.items()}  # u1 listed twice, identical
+    DatasetDict({"train": Dataset.from_dict(repeated, features=HUB_FEATURES),
+                 "validation": Dataset.from_dict(hub_split(3, 10), features=HUB_FEATURES),
+                 "test": Dataset.from_dict(hub_split(3, 20), features=HUB_FEATURES)}).save_to_disk(tmp_path / "exact")
+    options = dict(label_column="species", spurious_column="place", image_column="picture", example_id_column="uid")
+    with pytest.warns(UserWarning, match=r"dropped 1 row.*'u1' \(split 'train' row 6\)"):
+        dataset = load_benchmark("hub", str(tmp_path / "exact"), **options)
+    assert dataset["train"]["example_id"] == [f"u{i}" for i in range(6)]
+    # u1 again in test: one image in two splits is refused, naming both rows.
+    test = hub_split(3, 20)
+    leaked = {k: v + [train[k][1]] for k, v in test.items()}
+    DatasetDict({"train": Dataset.from_dict(train, features=HUB_FEATURES),
+                 "validation": Dataset.from_dict(hub_split(3, 10), features=HUB_FEATURES),
+                 "test": Dataset.from_dict(leaked, features=HUB_FEATURES)}).save_to_disk(tmp_path / "leak")
+    with pytest.raises(DatasetFormatError, match=r"'u1' \(split 'train' row 1: split='train'; split 'test' row 3: split='test'\)"):
+        load_benchmark("hub", str(tmp_path / "leak"), **options)
+    # Without ids: an image folder whose metadata.csv lists one file twice.
+    root = tmp_path / "folder"
+    for split, n in (("train", 4), ("validation", 2), ("test", 2)):
+        rows = [{"file_name": f"{split}_{i}.png", "bird": ["water", "land"][i % 2], "place": i % 2} for i in range(n)]
+        for row in rows:
+            write_image(str(root / split / row["file_name"]), 1)
+        pd.DataFrame(rows + rows[:1]).to_csv(root / split / "metadata.csv", index=False)
+    with pytest.warns(UserWarning, match=r"dropped 3 row.*same image file exactly.*train_0\.png"):
+        dataset = load_benchmark("hub", str(root), label_column="bird", spurious_column="place")
+    assert [len(dataset[s]) for s in SPLITS] == [4, 2, 2]
+
+
+def test_hub_keeps_columns_and_a_mask_column_of_paths(tmp_path):
+    root = tmp_path / "parquet"
+    root.mkdir()
+    for split, offset in (("train", 0), ("validation", 50), ("test", 60)):
+        rows = hub_split(4, offset)
+        rows["outline"] = [str(tmp_path / "masks" / f"{offset + i}.png") for i in range(4)]
+        for i, path in enumerate(rows["outline"]):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.new("L", (5, 5), 255 * (i % 2)).save(path)
+        features = Features({**HUB_FEATURES, "outline": Value("string")})
+        Dataset.from_dict(rows, features=features).to_parquet(str(root / f"{split}.parquet"))
+    options = dict(label_column="species", spurious_column="place", image_column="picture")
+    dataset = load_benchmark("hub", str(root), mask_column="outline", keep_columns=["extra", "uid"], **options)
+    assert dataset["test"].column_names == ["image", "label", "spurious", "group", "example_id", "mask", "extra", "uid"]
+    assert isinstance(dataset["test"].features["mask"], ImageFeature)
+    assert np.asarray(dataset["test"][1]["mask"]).min() == 255 and dataset["test"][1]["extra"] == 1
+    with pytest.raises(DatasetFormatError, match=r"keep_columns \['label'\] would replace"):
+        load_benchmark("hub", str(root), keep_columns=["label"], **options)
+    with pytest.raises(DatasetFormatError, match=r"'colour'"):
+        load_benchmark("hub", str(root), keep_columns=["colour"], **options)
+    with pytest.raises(ValueError, match="mask_column=mask"):
+        HubConfig(str(root), keep_columns=["mask"], **options)

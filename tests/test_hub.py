@@ -527,9 +527,9 @@ def test_cards_carry_the_source_licence(run_dir, tmp_path, name, license, words)
 def test_base_model_is_the_pretrained_timm_hub_id(run_dir, tmp_path):
     run = hub.read_run(run_dir)
     run.config = dict(run.config, classifier={"model_name": "resnet50", "pretrained": True})
-    assert hub._base_model(run) == "timm/resnet50.a1_in1k"
+    assert hub.cards._base_model(run) == "timm/resnet50.a1_in1k"
     run.config = dict(run.config, classifier={"model_name": "hf-hub:me/net", "pretrained": True})
-    assert hub._base_model(run) == "me/net"
+    assert hub.cards._base_model(run) == "me/net"
 
 
 # Runs with less in them -------------------------------------------------------------------

@@ -17,6 +17,7 @@ from dbb_hf.inpainting import (
     prepare_donors,
     run_inpainting,
 )
+from dbb_hf.stages import ShardPlan
 from dbb_hf.tiny.diffusion import build_clip_tokenizer, save_tiny_inpaint_pipeline
 
 torch.set_num_threads(2)
@@ -262,14 +263,16 @@ def test_rerun_with_same_config_reuses_cache(toy, tmp_path, monkeypatch):
     sources = toy_sources(toy)
     config = InpaintingConfig(backend="compose", batch_size=4)
     first = run_inpainting(sources, config, donors=donors, cache_dir=tmp_path / "cache")
-    resumable = run_inpainting(sources, config, donors=donors, output_dir=tmp_path / "run", shard_size=5)
+    resumable = run_inpainting(sources, config, donors=donors, output_dir=tmp_path / "run",
+                               shards=ShardPlan(shard_size=5))
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the stage ran again instead of using its cache")
 
     monkeypatch.setattr(inpainting, "compose_batch", must_not_run)
     again = run_inpainting(sources, config, donors=donors, cache_dir=tmp_path / "cache")
-    resumed = run_inpainting(sources, config, donors=donors, output_dir=tmp_path / "run", shard_size=5)
+    resumed = run_inpainting(sources, config, donors=donors, output_dir=tmp_path / "run",
+                             shards=ShardPlan(shard_size=5))
     assert again._fingerprint == first._fingerprint
     for a, b in ((first, again), (resumable, resumed), (first, resumed)):
         assert a["example_id"] == b["example_id"]

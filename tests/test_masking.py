@@ -32,6 +32,7 @@ from dbb_hf.masking import (
     region_mask,
     run_masking,
 )
+from dbb_hf.stages import ShardPlan
 from dbb_hf.tiny.detection import save_tiny_grounding_dino, save_tiny_sam, save_tiny_sam2
 
 torch.set_num_threads(2)
@@ -265,7 +266,7 @@ def test_cache_reuses_results(unmasked, checkpoints, sam_models, tmp_path):
 def test_resumable_run_keeps_every_row_in_order(unmasked, checkpoints, sam_models, tmp_path):
     config = tiny_config(checkpoints)
     plain = run_masking(unmasked, config, models=sam_models)
-    sharded = run_masking(unmasked, config, models=sam_models, output_dir=tmp_path, shard_size=3)
+    sharded = run_masking(unmasked, config, models=sam_models, output_dir=tmp_path, shards=ShardPlan(shard_size=3))
     assert sharded["example_id"] == unmasked["example_id"]
     assert sharded["mask_box"] == plain["mask_box"]
 

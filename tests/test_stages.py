@@ -4,7 +4,7 @@ the shard size and wherever a previous run stopped."""
 import pytest
 from datasets import Dataset, Features, Value
 
-from dbb_hf.stages import run_resumable, source_signature
+from dbb_hf.stages import ShardPlan, run_resumable, source_signature
 
 NEW = Features({"double": Value("int64")})
 
@@ -15,7 +15,7 @@ def _double(batch):
 
 def _run(dataset, out, shard_size, function=_double):
     return run_resumable(dataset, function, stage="double", config={"factor": 2}, new_features=NEW,
-                         output_dir=out, shard_size=shard_size, batch_size=2)
+                         output_dir=out, shards=ShardPlan(shard_size), batch_size=2)
 
 
 def test_rows_in_order_for_any_shard_size(tmp_path):

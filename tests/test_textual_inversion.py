@@ -285,7 +285,8 @@ def test_inpainting_masks_are_full_or_boxes_inside_the_image():
 
 
 def test_inpainting_unet_sees_noisy_latents_mask_and_masked_image(models, toy):
-    from dbb_hf.textual_inversion import CausalTokenDataset, _diffusion_loss, load_components
+    from dbb_hf.textual_inversion import CausalTokenDataset, load_components
+    from dbb_hf.textual_inversion.train import _diffusion_loss
 
     config = tiny_config(models, model_id=models["inpaint"])
     parts = load_components(config)

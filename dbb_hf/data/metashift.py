@@ -27,17 +27,29 @@ dog/bench (6), dog/bike (7) and validation/test hold cat/shelf (3), dog/shelf (8
 others are empty (``group_counts`` lists them as 0, and worst-group metrics must skip
 empty groups). Coarser attributes (indoor/outdoor) would discard information a user can
 always merge back.
+
+Files are named by their Visual Genome image id, so one name in two folders is one
+image. In two classes, or in train and validation/test, it would be a mislabelled or
+leaked image: refused, naming the files and folders. In two contexts of one class and
+split it is an image that shows both (MetaShift's subset script builds each context from
+several overlapping subsets, and DISC keeps every folder's copy): kept in each folder, as
+DISC does, with a warning that counts them. ``keep_columns`` does not apply: the release
+has no metadata beside the folders.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from datasets import DatasetDict
 
-from .common import SPLITS, DatasetFormatError, base_features, from_records, require_file
+from .common import (
+    SHOWN, SPLITS, DatasetFormatError, base_features, from_records, refuse_conflicting_duplicates, require_file,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -119,4 +131,28 @@ def load_metashift(config: MetaShiftConfig) -> DatasetDict:
         held_out[order[: round(config.validation_fraction * len(ids))]] = True
         add("validation", [i for i, v in zip(ids, held_out) if v], label, context)
         add("test", [i for i, v in zip(ids, held_out) if not v], label, context)
+    _check_repeated_files(records, label_names, root)
     return DatasetDict({split: from_records(columns, features) for split, columns in records.items()})
+
+
+def _check_repeated_files(records: dict, label_names: list[str], root: str) -> None:
+    """Refuse one file name in two classes or splits; warn about one in two contexts of a class."""
+    frame = pd.DataFrame(
+        [(os.path.basename(example_id), split, label_names[label], example_id)
+         for split, columns in records.items() for example_id, label in zip(columns["example_id"], columns["label"])],
+        columns=["file", "split", "class", "folder"],
+    )
+    refuse_conflicting_duplicates(
+        frame, "file", ["split", "class"], f"MetaShift folder {root}", rows=list(frame["folder"]),
+        advice="files are named by their Visual Genome image id, so these are one image in two classes or splits: "
+        "remove it from the wrong folder",
+    )
+    repeated = frame[frame.duplicated("file", keep=False)]
+    if len(repeated):
+        names = sorted(set(repeated["file"]))
+        warnings.warn(
+            f"MetaShift folder {root}: {len(names)} image(s) are in two or more context folders of their class "
+            f"(an image that shows both contexts); each copy is kept with its folder's context, as DISC does, "
+            f"e.g. {names[:SHOWN]}",
+            stacklevel=3,
+        )

@@ -70,7 +70,11 @@ def format_group_table(metrics: dict) -> str:
     worst_n = metrics["group_counts"][worst]
     rows.append(f"| **worst group** ({worst}) | {worst_n} | {metrics['worst_group_accuracy']:.4f} |")
     rows.append(f"| **average** (pooled) | {total} | {metrics['average_accuracy']:.4f} |")
-    weighted = metrics.get("weighted_average_accuracy")
-    if weighted is not None:
-        rows.append(f"| **average** (weighted by training groups) | {total} | {weighted:.4f} |")
+    # "n/a" when no evaluated group has training samples (or no training counts were given).
+    rows.append(f"| **average** (weighted by training groups) | {total} | "
+                f"{_four_places(metrics.get('weighted_average_accuracy'))} |")
     return "\n".join(rows)
+
+
+def _four_places(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,4 +1,4 @@
-"""The miniature prior's card: ``hub_cards/miniature_prior_card.md`` filled from the run's own
+"""The miniature prior's card: ``dbb_hf/hub/templates/miniature_prior_card.md`` filled from the run's own
 config and log, with the world's sections (what it knows, its data, its terms)."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def write_card(world, pipeline_dir: str, run_dir: Path) -> None:
     """The pipeline's ``README.md``: the shared card template with the world's own sections."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from ..hub import render_card
+    from ..hub.cards import render_card
 
     world_fields = world.card_fields()
     card_data = ModelCardData(library_name="diffusers", pipeline_tag="image-to-image", license=world_fields["license"],

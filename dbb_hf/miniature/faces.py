@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from ..masking import dilate
+from ..mask_arithmetic import dilate
 from ..masking_template import jittered_template
 from .world import random_rectangle
 
@@ -233,7 +233,7 @@ class FaceWorld:
     def attributes(self) -> list[tuple]:
         from ..data.celeba import ATTRIBUTES_FILE, read_attributes
 
-        table = read_attributes(os.path.join(self.data_dir, ATTRIBUTES_FILE))
+        table, _ = read_attributes(os.path.join(self.data_dir, ATTRIBUTES_FILE))
         return [caption_attributes(table.loc[name]) for name in file_names(self.rows)]
 
     @cached_property
@@ -366,7 +366,7 @@ class FaceWorld:
 
 def masked_view(image, mask) -> np.ndarray:
     """The source with its mask shown in grey."""
-    from ..inpainting import binary_mask
+    from ..mask_arithmetic import binary_mask
 
     pixels = np.asarray(image.convert("RGB"))
     return np.where(binary_mask(mask)[..., None], 128, pixels).astype(np.uint8)

@@ -23,7 +23,7 @@ CelebA faces) only says what the images, the edit masks and the captions are. St
 5. the VAE decoder trained further on the frozen encoder's latents (sharper images; the
    UNet's latents do not change);
 6. the pipeline saved (EMA UNet, fp16 safetensors, DPM-Solver++ scheduler) with
-   ``save_pretrained``, its card (``hub_cards/miniature_prior_card.md``) and a picture grid
+   ``save_pretrained``, its card (``dbb_hf/hub/templates/miniature_prior_card.md``) and a picture grid
    of edits.
 
 ``recipes/train_miniature_prior.py`` is the command line; its YAML files hold the

@@ -24,7 +24,7 @@ from functools import cached_property
 import numpy as np
 
 from ..data.toy import render
-from ..masking import dilate, region_mask
+from ..mask_arithmetic import dilate, region_mask
 
 OBJECT_WORDS = ("horizontal bar", "vertical bar")
 BACKGROUND_WORDS = ("land", "water")

@@ -38,6 +38,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import HfArgumentParser
 
+from dbb_hf.devices import resolve_device
 from dbb_hf.images import to_rgb
 from dbb_hf.inpainting import InpaintingConfig, inpaint_batch, load_inpainting_pipeline
 from dbb_hf.masking import OK, MaskingConfig, MaskingModels, load_masking_models, mask_batch
@@ -306,7 +307,7 @@ def _tokens_path(config: SpaceConfig) -> str:
 
 def load_models(config: SpaceConfig) -> SpaceModels:
     """Load the classifier, detector + segmenter and inpainting pipeline of ``config`` once."""
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(config.device)
     classifier = load_classifier(config.classifier, device=device)
     class_names = list(config.class_names or label_names(classifier))
     n = len(class_names)
