@@ -48,23 +48,11 @@ import torch
 
 from _common import finish, print_machine, verdict
 from dbb_hf.miniature import FACE_ORACLE_PATH, FACE_PRIOR_PATH, ORACLE_PATH, PRIOR_PATH
-
-
-@torch.no_grad()
-def oracle_probabilities(oracle, images) -> np.ndarray:
-    """Softmax of the oracle on PIL images, ``(n, classes)``."""
-    from dbb_hf.modeling import eval_transform
-
-    transform = eval_transform(oracle)
-    out = []
-    for start in range(0, len(images), 64):
-        batch = torch.stack([transform(image.convert("RGB")) for image in images[start : start + 64]])
-        out.append(oracle(batch).softmax(dim=1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 2))
+from dbb_hf.modeling import image_probabilities
 
 
 def oracle_predictions(oracle, images) -> np.ndarray:
-    return oracle_probabilities(oracle, images).argmax(axis=1)
+    return image_probabilities(oracle, images).argmax(axis=1)
 
 
 class ToyGates:
@@ -326,7 +314,7 @@ def run_gate(dataset, pipe, config, class_names, tokens, oracle) -> dict:
     seconds = time.time() - started
     ok = np.asarray([s == "ok" for s in edited["generation_status"]])
     edited = edited.select(np.flatnonzero(ok))
-    probabilities = oracle_probabilities(oracle, edited["generated"])
+    probabilities = image_probabilities(oracle, edited["generated"])
     targets = np.asarray(edited["target_label"])
     flipped = probabilities.argmax(axis=1) == targets
     unchanged = []
@@ -367,7 +355,7 @@ def save_grid(edited, path: str, count: int = 16) -> None:
     Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(path)
 
 
-def save_verdict_grid(world, gates: dict, path: str, per_group: int = 3) -> None:
+def save_verdict_grid(world, gates: dict, path: str, per_group: int = 2) -> None:
     """Faces: per column a source, its mask, and each gate's edit with the oracle's verdict under it
     (green: the target class, red: not; the oracle's probability of blond)."""
     from PIL import Image, ImageDraw
@@ -403,7 +391,8 @@ def save_verdict_grid(world, gates: dict, path: str, per_group: int = 3) -> None
             column += [label_strip(f"{name}: {row['prompt'][len('A photo of a '):]}"), np.asarray(row["generated"]),
                        verdict_strip(float(gate["_probabilities"][int(i)][1]), int(row["target_label"]))]
         cells.append(np.concatenate(column, axis=0))
-    Image.fromarray(np.concatenate(cells, axis=1)).save(path)
+    # A .jpg path keeps the grid small enough for the docs (quality 85, about 0.3 MB).
+    Image.fromarray(np.concatenate(cells, axis=1)).save(path, quality=85)
 
 
 def update_card(world, prior: str, results: dict, lines) -> None:
@@ -449,8 +438,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
     parser.add_argument("--update_card", action="store_true",
                         help="Write the measured figures into the prior's README.md card (between its gates markers).")
-    parser.add_argument("--grid", default=None, help="face: where the source/mask/edit/verdict PNG goes "
-                        "(default: <output_dir>/edits.png).")
+    parser.add_argument("--grid", default=None, help="face: where the source/mask/edit/verdict grid goes, 2 faces "
+                        "per group (default: <output_dir>/edits.png; a .jpg path for a small file).")
     parser.add_argument("--output_dir", default=None, help="Where tokens, grids and results.json go (default: a temp dir).")
     args = parser.parse_args(argv)
     world_class = WORLDS[args.world]

@@ -106,6 +106,18 @@ def eval_transform(model: torch.nn.Module):
     return create_transform(**data_config(model), is_training=False)
 
 
+@torch.no_grad()
+def image_probabilities(model: torch.nn.Module, images, batch_size: int = 64):
+    """Softmax of ``model`` on PIL images through :func:`eval_transform`, a numpy ``(n, classes)``
+    array: the verdicts of a judge such as the miniature priors' oracles on edits."""
+    import numpy as np
+
+    transform = eval_transform(model)
+    out = [model(torch.stack([transform(image.convert("RGB")) for image in images[start : start + batch_size]]))
+           .softmax(dim=1).numpy() for start in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, model.num_classes))
+
+
 def train_transform(model: torch.nn.Module):
     """The model's training augmentation (random resized crop, flip) from its data config."""
     return create_transform(**data_config(model), is_training=True)
