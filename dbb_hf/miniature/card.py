@@ -31,6 +31,20 @@ def loss_curve(unet_log: list[dict], points: int = 8) -> list[dict]:
     return curve
 
 
+def unet_seconds(unet_log: list[dict]) -> float | None:
+    """The UNet's time over every run: each run logs its own elapsed seconds with its losses,
+    so the last record of each run holds that run's time (a run stopped before its end, then
+    resumed, never logs its timing record)."""
+    if not unet_log or any("seconds" not in r for r in unet_log):
+        return None
+    total, last = 0.0, 0.0
+    for r in unet_log:
+        if r["seconds"] < last:  # a new run began
+            total += last
+        last = r["seconds"]
+    return total + last
+
+
 def card_fields(pipeline_dir: str, run_dir: Path) -> dict:
     """What the card says about how the prior was made, from the run's own config and log."""
     settings = json.loads((run_dir / "config.json").read_text())
@@ -44,6 +58,8 @@ def card_fields(pipeline_dir: str, run_dir: Path) -> dict:
     for r in records:
         if r.get("stage") == "timing":
             seconds[r["part"]] = seconds.get(r["part"], 0.0) + r["seconds"]
+    if unet_seconds(unet_log) is not None:
+        seconds["UNet"] = unet_seconds(unet_log)
     launches = [{"command": r["command"], "note": r.get("note")} for r in records if r.get("stage") == "launch"]
     arch = settings["architecture"]
     vae_factor = 2 ** (len(arch["vae_channels"]) - 1)
