@@ -401,7 +401,8 @@ def update_card(world, prior: str, results: dict, lines) -> None:
     card = open(path).read()
     table = ["| gate | what | measured | target |", "|---|---|---:|---:|"]
     for gate, what, value in lines:
-        table.append(f"| {gate} | {what} | {value:.1%} | >= {world.targets[gate]:.0%} |")
+        worse = " (the worse of the two directions)" if world.per_direction and gate != "C" else ""
+        table.append(f"| {gate} | {what}{worse} | {value:.1%} | >= {world.targets[gate]:.0%} |")
     block = "\n".join(table) + "\n\n" + "\n".join(world.details(results))
     card = re.sub(r"<!-- gates -->.*<!-- /gates -->", lambda _: f"<!-- gates -->\n{block}\n<!-- /gates -->", card, flags=re.S)
     with open(path, "w") as f:
