@@ -223,7 +223,7 @@ def mask_main(argv: list[str]) -> int:
     io, run, configs = resolve_configs({"masking": MaskingConfig}, [StageIO, _run_fields("class_prompts", "device")], argv)
     dataset, config = keep_source_mask(_load_input(io), configs["masking"])
     prompts = _prompts(dataset, run)  # checked before any model is loaded
-    models = None if config.backend == "column" else load_masking_models(config, run.device)
+    models = load_masking_models(config, run.device) if config.loads_models() else None
     _save_output(run_masking(dataset, config, class_names=prompts, models=models, device=run.device), io)
     return 0
 

@@ -6,9 +6,12 @@ backend is the same model pair loaded through transformers (LangSAM's own defaul
 ``IDEA-Research/grounding-dino-base`` with ``facebook/sam2.1-hiera-small``; set
 ``segmenter_id="facebook/sam-vit-huge"`` for the SAM ViT-H of LangSAM's first release),
 with LangSAM's thresholds (box 0.3, text 0.25) and box prompts with
-``multimask_output=False``. Two other backends: ``column`` copies a mask column the
-dataset already has (the toy benchmark's ground truth), and ``lang_sam`` calls the
-``lang_sam`` package itself when it is installed.
+``multimask_output=False``. Three other backends: ``column`` copies a mask column the
+dataset already has (the toy benchmark's ground truth), ``lang_sam`` calls the
+``lang_sam`` package itself when it is installed, and ``template`` draws the hair region
+of an aligned face (CelebA, FFHQ crops) from a fixed template in the image's own
+coordinates, with no model: the offline stand-in for "hair." detection
+(:mod:`dbb_hf.masking_template`).
 
 Which mask is kept (``mask_policy``):
 - ``first``: the mask of the highest-scoring box. The authors' code keeps ``masks[0]`` of
@@ -21,7 +24,7 @@ Columns added: ``mask`` (Image, mode "L", 0/255, the image's size), ``mask_box``
 4 float32, xyxy pixels: the chosen box, or the box enclosing all boxes for ``union``, or
 the mask's own bounding box for ``column``; empty when nothing was detected),
 ``mask_score`` (float32: the chosen box's detection score, the best score for ``union``,
-1.0 for a non-empty ``column`` mask, 0.0 when nothing was found) and ``mask_status``
+1.0 for a non-empty ``column`` or ``template`` mask, 0.0 when nothing was found) and ``mask_status``
 ("ok", "no_detection": no box above the threshold, "empty_mask": a box but no mask
 pixel, "failed: unreadable image: <error>" / "failed: missing mask": the row's image
 or source mask could not be read; "failed: mask size mismatch: ...": the ``column`` mask
@@ -65,9 +68,11 @@ from .devices import resolve_device
 from .hub_access import reaching
 from .images import to_rgb
 from .mask_arithmetic import REGIONS, binary_mask, dilate, mask_bbox, mask_image, region_mask
+from .masking_template import FACE_ELLIPSE, HEAD_ELLIPSE, NECK_WIDTH, check_ellipse, hair_template
 from .stages import ImageGuard, ShardPlan, run_stage
 
-BACKENDS = ("grounded_sam", "column", "lang_sam")
+BACKENDS = ("grounded_sam", "column", "lang_sam", "template")
+MODEL_FREE_BACKENDS = ("column", "template")
 MASK_POLICIES = ("first", "union")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # SAM and SAM 2 take the same box prompts and return masks of the same layout; the
@@ -89,7 +94,8 @@ class MaskingConfig:
         default="grounded_sam",
         metadata={
             "help": "grounded_sam (GroundingDINO + SAM in transformers), column (copy the mask column "
-            "`mask_column`) or lang_sam (the lang_sam package, if installed)."
+            "`mask_column`), lang_sam (the lang_sam package, if installed) or template (the hair region of "
+            "an aligned face, no model: see template_* and dbb_hf.masking_template)."
         },
     )
     detector_id: str = field(
@@ -136,6 +142,20 @@ class MaskingConfig:
     mask_column: str = field(
         default="mask", metadata={"help": "Backend column: the existing mask column to copy."}
     )
+    template_head_ellipse: list[float] = field(
+        default_factory=lambda: list(HEAD_ELLIPSE),
+        metadata={"help": "Backend template: the head ellipse (centre x, centre y, half width, half height) as "
+                  "fractions of the image's width and height (default: CelebA's aligned crops)."},
+    )
+    template_face_ellipse: list[float] = field(
+        default_factory=lambda: list(FACE_ELLIPSE),
+        metadata={"help": "Backend template: the face ellipse kept out of the mask (same form)."},
+    )
+    template_neck_width: float = field(
+        default=NECK_WIDTH,
+        metadata={"help": "Backend template: width of the band kept out below the face's centre (chin, neck), "
+                  "as a fraction of the face ellipse's width (0: none)."},
+    )
     lang_sam_type: str = field(
         default="sam2.1_hiera_small", metadata={"help": "Backend lang_sam: LangSAM's sam_type."}
     )
@@ -160,6 +180,14 @@ class MaskingConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.torch_dtype not in DTYPES:
             raise ValueError(f"torch_dtype must be one of {sorted(DTYPES)}, got {self.torch_dtype!r}")
+        check_ellipse("template_head_ellipse", self.template_head_ellipse)
+        check_ellipse("template_face_ellipse", self.template_face_ellipse)
+        if not 0.0 <= self.template_neck_width <= 1.0:
+            raise ValueError(f"template_neck_width must be in [0, 1], got {self.template_neck_width}")
+
+    def loads_models(self) -> bool:
+        """Whether the backend runs models (detector and segmenter, or LangSAM) to load first."""
+        return self.backend not in MODEL_FREE_BACKENDS
 
     def copies_mask_column(self) -> bool:
         """Whether the stage writes the input's ``mask`` column back unchanged (column backend
@@ -196,8 +224,8 @@ def load_masking_models(config: MaskingConfig, device: str | torch.device | None
     """Load the detector and segmenter of ``config`` (or LangSAM) onto ``device``."""
     device = resolve_device(device)
     dtype = DTYPES[config.torch_dtype]
-    if config.backend == "column":
-        raise ValueError("backend 'column' copies an existing mask column and loads no models")
+    if not config.loads_models():
+        raise ValueError(f"backend {config.backend!r} loads no models")
     if config.backend == "lang_sam":
         return MaskingModels(device=device, lang_sam=_require_lang_sam()(sam_type=config.lang_sam_type))
 
@@ -389,11 +417,22 @@ def _column_rows(batch: dict, config: MaskingConfig) -> list[dict]:
             warnings.warn(f"masking: {example_id}: {reason}", stacklevel=2)
             rows.append(failed_row(reason))
             continue
-        mask = dilate(region_mask(binary_mask(source), config.region), config.dilation)
-        box = mask_bbox(mask)
-        status, score = (OK, 1.0) if box else (EMPTY_MASK, 0.0)
-        rows.append({"mask": mask_image(mask), "mask_box": box, "mask_score": score, "mask_status": status})
+        rows.append(_given_mask_row(binary_mask(source), config))
     return rows
+
+
+def _given_mask_row(mask: np.ndarray, config: MaskingConfig) -> dict:
+    """The row of a mask that needs no detection (column, template): region, dilation, its own box."""
+    mask = dilate(region_mask(mask, config.region), config.dilation)
+    box = mask_bbox(mask)
+    status, score = (OK, 1.0) if box else (EMPTY_MASK, 0.0)
+    return {"mask": mask_image(mask), "mask_box": box, "mask_score": score, "mask_status": status}
+
+
+def _template_rows(batch: dict, config: MaskingConfig) -> list[dict]:
+    head, face, neck = config.template_head_ellipse, config.template_face_ellipse, config.template_neck_width
+    return [_given_mask_row(hair_template(image.height, image.width, head, face, neck), config)
+            for image in batch["image"]]
 
 
 def mask_batch(
@@ -402,6 +441,8 @@ def mask_batch(
     """Map function: the ``mask*`` columns of a batch (prompt = class name of the row's ``label``)."""
     if config.backend == "column":
         return _columns(_column_rows(batch, config))
+    if config.backend == "template":
+        return _columns(_template_rows(batch, config))
     images = [to_rgb(image) for image in batch["image"]]
     prompts = [prompt_for(class_names[label], config.prompt_template) for label in batch["label"]]
     ids = batch.get("example_id") or [f"row {i} of the batch" for i in range(len(images))]
@@ -449,7 +490,7 @@ def image_guard(config: MaskingConfig) -> ImageGuard:
 
 
 def _check_dataset(dataset: Dataset, config: MaskingConfig, class_names: Sequence[str] | None) -> list[str]:
-    needed = ["image", config.mask_column] if config.backend == "column" else ["image", "label"]
+    needed = {"column": ["image", config.mask_column], "template": ["image"]}.get(config.backend, ["image", "label"])
     require_columns(dataset, needed, f"masking (backend {config.backend!r})")
     # A stage adds columns and never rewrites its input; copying `mask` onto itself unchanged is the one exception.
     clashes = [c for c in MASK_FEATURES if c in dataset.column_names]
@@ -460,8 +501,8 @@ def _check_dataset(dataset: Dataset, config: MaskingConfig, class_names: Sequenc
             f"the dataset already has column(s) {clashes} that masking would overwrite; rename them first "
             f"(e.g. dataset.rename_column('mask', 'gt_mask')) or use backend='column' to reuse a mask column"
         )
-    if config.backend == "column":
-        return []
+    if config.backend in MODEL_FREE_BACKENDS:
+        return list(class_names or [])
     if class_names is None:
         if not isinstance(dataset.features["label"], ClassLabel):
             raise ValueError("column 'label' is not a ClassLabel: pass class_names (one text prompt per label)")
@@ -511,6 +552,8 @@ def run_masking(
     class_names = _check_dataset(dataset, config, class_names)
     if config.backend == "column":
         parts = [config.mask_column]
+    elif config.backend == "template":
+        parts = ["template"]  # the template's fields are in the config, which the fingerprint covers
     else:
         models = models or load_masking_models(config, device)
         prompts = [prompt_for(name, config.prompt_template) for name in class_names]

@@ -41,6 +41,11 @@ class ClassifierConfig:
     crop_pct: Optional[float] = field(
         default=None, metadata={"help": "Centre-crop fraction of evaluation preprocessing; default: the model's."}
     )
+    crop_mode: Optional[str] = field(
+        default=None,
+        metadata={"help": "Evaluation preprocessing: center (resize the short side, centre crop) or squash "
+                  "(resize the whole image to the square input, as the inpainting stage does); default: the model's."},
+    )
     drop_rate: float = field(default=0.0, metadata={"help": "Dropout before the classifier head."})
 
     def __post_init__(self):
@@ -48,6 +53,8 @@ class ClassifierConfig:
             raise ValueError(f"image_size must be at least 8, got {self.image_size}")
         if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.crop_mode not in (None, "center", "squash"):
+            raise ValueError(f"crop_mode must be center or squash, got {self.crop_mode!r}")
 
 
 def create_classifier(config: ClassifierConfig, num_classes: int) -> torch.nn.Module:
@@ -63,6 +70,8 @@ def create_classifier(config: ClassifierConfig, num_classes: int) -> torch.nn.Mo
         overrides["input_size"] = (3, config.image_size, config.image_size)
     if config.crop_pct is not None:
         overrides["crop_pct"] = config.crop_pct
+    if config.crop_mode is not None:
+        overrides["crop_mode"] = config.crop_mode
     if overrides:
         model.pretrained_cfg = dict(model.pretrained_cfg, **overrides)
         model.pretrained_cfg.pop("test_input_size", None)
@@ -97,6 +106,18 @@ def eval_transform(model: torch.nn.Module):
     return create_transform(**data_config(model), is_training=False)
 
 
+@torch.no_grad()
+def image_probabilities(model: torch.nn.Module, images, batch_size: int = 64):
+    """Softmax of ``model`` on PIL images through :func:`eval_transform`, a numpy ``(n, classes)``
+    array: the verdicts of a judge such as the miniature priors' oracles on edits."""
+    import numpy as np
+
+    transform = eval_transform(model)
+    out = [model(torch.stack([transform(image.convert("RGB")) for image in images[start : start + batch_size]]))
+           .softmax(dim=1).numpy() for start in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, model.num_classes))
+
+
 def train_transform(model: torch.nn.Module):
     """The model's training augmentation (random resized crop, flip) from its data config."""
     return create_transform(**data_config(model), is_training=True)
@@ -112,6 +133,8 @@ def geometric_transform(model: torch.nn.Module, *, nearest: bool = False):
     size = cfg["input_size"][-1]
     scale = int(size / cfg.get("crop_pct", 1.0))
     interpolation = T.InterpolationMode.NEAREST if nearest else T.InterpolationMode(cfg["interpolation"])
+    if cfg.get("crop_mode") == "squash":  # timm's squash: both sides to the crop's scale, then the centre crop
+        return T.Compose([T.Resize((scale, scale), interpolation=interpolation), T.CenterCrop(size)])
     return T.Compose([T.Resize(scale, interpolation=interpolation), T.CenterCrop(size)])
 
 

@@ -300,7 +300,7 @@ class Pipeline:
 
     def _run_masking(self, selected: Dataset, prompts, stage_dir: Path) -> Dataset:
         selected, config = keep_source_mask(selected, self.configs["masking"])
-        models = None if config.backend == "column" else load_masking_models(config, self.device)
+        models = load_masking_models(config, self.device) if config.loads_models() else None
         # With more than two classes an image has one row per target class (adjacent); its
         # mask depends on the image and its own class only, so each image is masked once.
         ids = selected["example_id"]

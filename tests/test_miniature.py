@@ -12,7 +12,7 @@ from dbb_hf.data.toy import ToyConfig, load_toy
 from dbb_hf.inpainting import InpaintingConfig, binary_mask, load_inpainting_pipeline, run_inpainting
 from dbb_hf.masking import region_mask
 from dbb_hf.miniature import ORACLE_PATH, PRIOR_PATH
-from dbb_hf.modeling import eval_transform, load_classifier
+from dbb_hf.modeling import image_probabilities, load_classifier
 
 CLASS_WORDS = ["horizontal bar", "vertical bar"]
 
@@ -23,11 +23,7 @@ def oracle():
 
 
 def _predict(model, images):
-    import torch
-
-    transform = eval_transform(model)
-    with torch.no_grad():
-        return model(torch.stack([transform(i.convert("RGB")) for i in images])).argmax(1).numpy()
+    return image_probabilities(model, images).argmax(1)
 
 
 def test_prior_is_a_small_inpainting_pipeline_loaded_offline(monkeypatch):

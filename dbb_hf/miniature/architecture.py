@@ -1,9 +1,10 @@
-"""The miniature prior's components, built from one config (untrained, seeded).
+"""The miniature priors' components, built from one config (untrained, seeded).
 
-A Stable Diffusion 2 inpainting pipeline scaled down to the 32x32 toy world: a two-block
-``AutoencoderKL`` (2x downsampling: 32x32x3 images <-> 16x16x4 latents), a small
-``CLIPTextModel`` with the tiny CLIP BPE tokenizer of :mod:`dbb_hf.tiny.diffusion` (every
-caption word a single token), an SD2-style ``UNet2DConditionModel`` (linear projections)
+A Stable Diffusion 2 inpainting pipeline scaled down to a small world: an
+``AutoencoderKL`` whose block count sets its downsampling (toy: two blocks, 32x32x3 images
+<-> 16x16x4 latents; faces: three, 64x64x3 <-> 16x16x4), a small ``CLIPTextModel`` with
+the tiny CLIP BPE tokenizer of :mod:`dbb_hf.tiny.diffusion` (every word of the world's
+vocabulary a single token), an SD2-style ``UNet2DConditionModel`` (linear projections)
 with 9 input channels (latents, mask, masked-image latents) and SD2's noise schedule.
 """
 
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-# Every word the captions, the inpainting prompt template and textual inversion's
-# initializer use: each one becomes a single token.
+# Every word the toy world's captions, the inpainting prompt template and textual
+# inversion's initializer use: each one becomes a single token.
 VOCABULARY = (
     "a", "an", "on", "of", "the", "photo", "bar", "horizontal", "vertical", "land", "water", "in",
 )
@@ -26,6 +27,7 @@ class PriorArchitecture:
     vae_channels: list[int] = field(
         default_factory=lambda: [16, 32], metadata={"help": "VAE block widths (2 blocks: 2x down)."}
     )
+    vae_layers_per_block: int = field(default=1, metadata={"help": "ResNet layers per VAE block."})
     latent_channels: int = field(default=4, metadata={"help": "VAE latent channels (4, as Stable Diffusion)."})
     text_hidden_size: int = field(default=64, metadata={"help": "Width of the CLIP text encoder."})
     text_layers: int = field(default=2, metadata={"help": "Transformer layers of the CLIP text encoder."})
@@ -37,10 +39,18 @@ class PriorArchitecture:
     image_size: int = field(default=32, metadata={"help": "Side of the images the prior is made for."})
 
 
-def build_tokenizer(save_dir: str | os.PathLike, arch: PriorArchitecture):
-    from ..tiny.diffusion import COMMON_WORDS, build_clip_tokenizer
+def toy_tokenizer_words() -> tuple[str, ...]:
+    """The toy prior's whole-word merges, in the order its shipped tokenizer was built with."""
+    from ..tiny.diffusion import COMMON_WORDS
 
-    words = tuple(dict.fromkeys(COMMON_WORDS + VOCABULARY))
+    return tuple(dict.fromkeys(COMMON_WORDS + VOCABULARY))
+
+
+def build_tokenizer(save_dir: str | os.PathLike, arch: PriorArchitecture, words=None):
+    """The tiny CLIP BPE tokenizer with ``words`` (in this order; default: the toy's) as single tokens."""
+    from ..tiny.diffusion import build_clip_tokenizer
+
+    words = toy_tokenizer_words() if words is None else tuple(words)
     return build_clip_tokenizer(save_dir, words=words, model_max_length=arch.max_prompt_tokens)
 
 
@@ -54,7 +64,7 @@ def build_vae(arch: PriorArchitecture):
         down_block_types=["DownEncoderBlock2D"] * n,
         up_block_types=["UpDecoderBlock2D"] * n,
         block_out_channels=list(arch.vae_channels),
-        layers_per_block=1,
+        layers_per_block=arch.vae_layers_per_block,
         latent_channels=arch.latent_channels,
         norm_num_groups=min(32, min(arch.vae_channels)),
         sample_size=arch.image_size,
@@ -122,9 +132,9 @@ def build_inference_scheduler(training_scheduler):
     return DPMSolverMultistepScheduler.from_config(training_scheduler.config)
 
 
-def build_components(arch: PriorArchitecture, tokenizer_dir: str | os.PathLike, seed: int = 0) -> dict:
+def build_components(arch: PriorArchitecture, tokenizer_dir: str | os.PathLike, seed: int = 0, words=None) -> dict:
     """Untrained components (seeded) of the prior's ``StableDiffusionInpaintPipeline``."""
-    tokenizer = build_tokenizer(tokenizer_dir, arch)
+    tokenizer = build_tokenizer(tokenizer_dir, arch, words)
     torch.manual_seed(seed)
     vae = build_vae(arch)
     torch.manual_seed(seed + 1)

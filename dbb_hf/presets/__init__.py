@@ -7,6 +7,9 @@ A preset is a YAML file in this folder, nested by section like a recipe's YAML:
   diffusion`` changes on top of it;
 - ``tiny.yaml``: every model swapped for a tiny random one built offline, and short
   trainings (``recipes/<dataset>.py --preset tiny``: the real code paths in seconds).
+- ``miniature.yaml``: ``recipes/celeba.py --preset miniature``, the whole method offline
+  on real aligned faces with the shipped face prior (``<miniature-face-prior>``), the
+  ``template`` hair masks and a classifier trained from scratch at the prior's 64 px.
 
 Every command, recipe and the Space read presets the same way
 (:func:`dbb_hf.config.resolve_configs`): ``--preset NAME [NAME ...]`` (a name here or the
@@ -175,6 +178,13 @@ def miniature_prior(_folder: None = None) -> str:
     from ..miniature import PRIOR_PATH
 
     return PRIOR_PATH
+
+
+@builder("miniature-face-prior", needs_folder=False)
+def miniature_face_prior(_folder: None = None) -> str:
+    from ..miniature import FACE_PRIOR_PATH
+
+    return FACE_PRIOR_PATH
 
 
 @builder("tiny")
