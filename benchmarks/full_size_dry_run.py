@@ -22,7 +22,7 @@ the others, which then get a stand-in input), parameters, seconds (the stage's w
 model loading apart in ``load_seconds``), peak RSS during the stage (the kernel's
 high-water mark, reset before each stage), peak GPU memory on CUDA, and FLOPs counted
 with the formulas of ``torch.utils.flop_counter`` (plus PyTorch's CPU attention kernel,
-which its table misses; see :class:`FlopCounter`). Then the FLOPs of one edit at the recipe defaults (masking +
+which its table misses; see ``_common.FlopCounter``). Then the FLOPs of one edit at the recipe defaults (masking +
 inpainting at 50 steps + pruning), and the edits/s that projects at stated fractions of
 stated device peaks. On CUDA it also reports the measured edits/s, textual-inversion
 steps/s and peak GPU memory.
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _common import base_parser, print_machine
+from _common import FlopCounter, base_parser, print_machine
 
 STAGES = ("masking", "textual_inversion", "inpainting", "pruning")
 CLASS_PROMPTS = ["hair", "hair"]  # recipes/celeba.yaml: run.class_prompts
@@ -84,67 +84,6 @@ def parse_args():
 
 
 # ----------------------------------------------------------------------------- measuring
-
-
-def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    return sdpa_flop_count(query, key, value)
-
-
-def _cpu_sdpa_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
-    from torch.utils.flop_counter import sdpa_backward_flop_count
-
-    return sdpa_backward_flop_count(grad_out, query, key, value)
-
-
-class FlopCounter:
-    """FLOPs of every op under it, by the formulas of ``torch.utils.flop_counter``.
-
-    FlopCounterMode itself cannot run integrated gradients (its module tracker's backward
-    hooks break captum's ``autograd.grad``), so this mode applies the same formula table
-    (``FlopCounterMode().flop_registry``), plus one for the CPU's fused attention kernel,
-    which the table lacks (every attention layer would count 0 FLOPs on the CPU). FLOPs
-    spent inside a module given to :meth:`scope` are also summed under its name.
-    """
-
-    def __init__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils.flop_counter import FlopCounterMode, shape_wrapper
-
-        aten = torch.ops.aten
-        registry = dict(FlopCounterMode(display=False).flop_registry)
-        registry[aten._scaled_dot_product_flash_attention_for_cpu] = shape_wrapper(_cpu_sdpa)
-        registry[aten._scaled_dot_product_flash_attention_for_cpu_backward] = shape_wrapper(_cpu_sdpa_backward)
-        self.total, self.scoped, self._open = 0, {}, []
-        counter = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                kwargs = kwargs or {}
-                out = func(*args, **kwargs)
-                formula = registry.get(func._overloadpacket)
-                if formula is not None:
-                    flops = formula(*args, **kwargs, out_val=out)
-                    counter.total += flops
-                    for name in counter._open:
-                        counter.scoped[name] = counter.scoped.get(name, 0) + flops
-                return out
-
-        self.mode = Mode()
-
-    def scope(self, name: str, module: torch.nn.Module):
-        """Also count the FLOPs of ``module``'s forward passes under ``name``; returns the hook handles."""
-        self.scoped.setdefault(name, 0)
-        return [module.register_forward_pre_hook(lambda *_: self._open.append(name)),
-                module.register_forward_hook(lambda *_: self._open.remove(name))]
-
-    def __enter__(self):
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.mode.__exit__(*exc)
 
 
 def reset_peak_rss() -> None:

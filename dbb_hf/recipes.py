@@ -12,9 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from accelerate import PartialState
-
 from .config import load_yaml, merge_sections, pop_flag
+from .processes import process_state
 
 PRESETS = ("tiny",)
 
@@ -35,7 +34,7 @@ def build_tiny_models(models_dir: str | os.PathLike) -> dict[str, str]:
         "detector": save_tiny_grounding_dino,
         "segmenter": save_tiny_sam,
     }
-    state = PartialState()
+    state = process_state()  # the first state of a recipe's processes: the run's long barrier timeout
     paths = {name: str(models_dir / name) for name in builders}
     if state.is_main_process:
         for name, build in builders.items():

@@ -44,19 +44,21 @@ def _sd2_parts(path: Path, seed: int):
             "safety_checker": None, "feature_extractor": None}
 
 
-def save_sd2_pipelines(text2img_path: str | os.PathLike, inpaint_path: str | os.PathLike, seed: int = 0) -> None:
-    """SD 2 base (text-to-image, what textual inversion trains on) and SD 2 inpainting.
+def save_sd2_pipelines(text2img_path: str | os.PathLike | None, inpaint_path: str | os.PathLike | None,
+                       seed: int = 0) -> None:
+    """SD 2 base (text-to-image, what textual inversion trains on) and/or SD 2 inpainting.
 
     They share the VAE, text encoder and tokenizer architecture, built once; the UNets
     (866 M parameters each) are built one after the other, so at most one is in memory.
     """
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel
 
-    parts = _sd2_parts(Path(text2img_path), seed)
-    for path, unet_config, pipeline_class in (
+    wanted = [(path, unet_config, pipeline_class) for path, unet_config, pipeline_class in (
         (text2img_path, configs.SD2_UNET, StableDiffusionPipeline),
         (inpaint_path, configs.SD2_INPAINTING_UNET, StableDiffusionInpaintPipeline),
-    ):
+    ) if path is not None]
+    parts = _sd2_parts(Path(wanted[0][0]), seed)
+    for path, unet_config, pipeline_class in wanted:
         torch.manual_seed(seed)
         unet = UNet2DConditionModel.from_config(unet_config)
         pipeline_class(unet=unet, **parts, requires_safety_checker=False).save_pretrained(path)

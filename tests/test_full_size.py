@@ -1,0 +1,94 @@
+"""The full-size architectures kept in the package (dbb_hf.full_size) and the dry run that
+pushes real faces through them.
+
+The parameter counts are those of the published checkpoints (SD 2's UNet 865,910,724, its
+text encoder 340,387,840, ...), counted on the meta device: nothing is allocated. The dry
+run itself (benchmarks/full_size_dry_run.py, about 12 GB of random weights and tens of
+minutes on two CPU cores) is the `slow` test, run with RUN_SLOW=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dbb_hf.full_size import PROMPT_WORDS, configs
+
+REPO = Path(__file__).resolve().parents[1]
+CELEBA_MINI = Path(os.environ.get("CELEBA_MINI", REPO.parent / "shared" / "data" / "celeba-mini"))
+
+
+def parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_the_package_configs_are_the_published_architectures():
+    import timm
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, GroundingDinoConfig, GroundingDinoForObjectDetection
+    from transformers import Sam2Config, Sam2Model
+
+    with torch.device("meta"):
+        assert parameters(UNet2DConditionModel.from_config(configs.SD2_UNET)) == 865_910_724
+        inpainting = UNet2DConditionModel.from_config(configs.SD2_INPAINTING_UNET)
+        assert parameters(inpainting) == 865_925_124 and inpainting.config.in_channels == 9
+        assert parameters(AutoencoderKL.from_config(configs.SD2_VAE)) == 83_653_863
+        assert parameters(CLIPTextModel(CLIPTextConfig(**configs.SD2_TEXT_ENCODER))) == 340_387_840
+        assert parameters(GroundingDinoForObjectDetection(GroundingDinoConfig(**configs.GROUNDING_DINO_BASE))) \
+            == 232_315_264
+        # The image path of SAM 2.1 hiera-small (what masking runs; the video memory is not in Sam2Model).
+        assert parameters(Sam2Model(Sam2Config(**configs.SAM2_1_HIERA_SMALL))) == 38_538_577
+        assert parameters(timm.create_model(configs.CLASSIFIER["model_name"], pretrained=False, num_classes=2)) \
+            == 23_512_130
+
+
+def test_synthetic_tokenizers_have_the_real_vocabulary_sizes(tmp_path):
+    from dbb_hf.tiny.detection import build_bert_tokenizer
+    from dbb_hf.tiny.diffusion import build_clip_tokenizer
+
+    spec = configs.SD2_TOKENIZER
+    clip = build_clip_tokenizer(tmp_path / "clip", PROMPT_WORDS, vocab_size=spec["vocab_size"], pad_token="!")
+    assert len(clip) == 49_408 and clip.pad_token_id == 0
+    assert clip.convert_ids_to_tokens([clip.bos_token_id, clip.eos_token_id]) == ["<|startoftext|>", "<|endoftext|>"]
+    assert clip.bos_token_id == 49_406 and clip.eos_token_id == 49_407  # last, as in CLIP's vocabulary
+    for word in ("animal", "hair", "photo"):  # the initializer and the prompt's object stay single tokens
+        assert len(clip.encode(word, add_special_tokens=False)) == 1
+    ids = clip("A photo of a hair", padding="max_length", max_length=77).input_ids
+    assert len(ids) == 77 and max(ids) < 49_408
+    bert = build_bert_tokenizer(configs.BERT_BASE_UNCASED_VOCAB_SIZE)
+    assert len(bert) == 30_522 and bert.tokenize("hair.") == ["hair", "."]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(7200)
+@pytest.mark.skipif(os.environ.get("RUN_SLOW") != "1",
+                    reason="slow: builds every default model at full size (12 GB) and runs them on a real face; "
+                           "set RUN_SLOW=1 (and CELEBA_MINI if celeba-mini is not at ../shared/data)")
+def test_the_dry_run_takes_a_real_face_through_every_stage_at_full_size(tmp_path):
+    if not (CELEBA_MINI / "list_attr_celeba.txt").exists():
+        pytest.skip(f"slow: no CelebA folder at {CELEBA_MINI} (set CELEBA_MINI)")
+    out = tmp_path / "dry_run.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "full_size_dry_run.py"), "--data_dir", str(CELEBA_MINI),
+         "--images", "1", "--steps", "1", "--device", "cpu", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    figures = json.loads(out.read_text())
+    assert set(figures) == {"stages", "tflop_per_edit"}
+    assert set(figures["stages"]) == {"masking", "textual_inversion", "inpainting", "pruning"}
+    for name, stage in figures["stages"].items():
+        assert set(stage) == {"status", "params", "seconds", "peak_rss_gb", "tflop"}, name
+        assert stage["status"] == "ok" and stage["tflop"] > 0 and stage["seconds"] > 0, (name, stage)
+    # SD 2's UNet (866 M) + VAE + text encoder, GroundingDINO-base + SAM 2.1-small, ResNet-50.
+    assert figures["stages"]["inpainting"]["params"] == 865_925_124 + 83_653_863 + 340_387_840
+    assert figures["stages"]["masking"]["params"] == 232_315_264 + 38_538_577
+    assert figures["stages"]["pruning"]["params"] == 23_512_130
+    # 51 guided UNet calls of 1.6 TFLOP, the VAE and text encoder, detection, segmentation and IG.
+    assert 80 < figures["tflop_per_edit"] < 95
