@@ -185,6 +185,8 @@ def main(argv=None) -> int:
     parser.add_argument("--num_images", type=int, default=400, help="Balanced toy test images edited per gate.")
     parser.add_argument("--seed", type=int, default=1, help="Seed of the test images (not the prior's training seeds).")
     parser.add_argument("--steps", type=int, default=25, help="Denoising steps.")
+    parser.add_argument("--scheduler", default=None,
+                        help="A diffusers scheduler class (default: the prior's own, DPM-Solver++).")
     parser.add_argument("--guidance_scale", type=float, default=7.5, help="dbb_hf's default (InpaintingConfig).")
     parser.add_argument("--mask_dilation", type=int, default=1, help="Pixels the square box is grown by.")
     parser.add_argument("--ti_steps", type=int, default=300, help="Textual-inversion steps per token (gate B).")
@@ -201,7 +203,8 @@ def main(argv=None) -> int:
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="miniature_gates_")
     os.makedirs(output_dir, exist_ok=True)
     results = {"prior": args.prior, "command": "python benchmarks/miniature_gates.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               **{k: getattr(args, k) for k in ("seed", "steps", "guidance_scale", "mask_dilation", "ti_steps", "num_images")}}
+               **{k: getattr(args, k) for k in ("seed", "steps", "scheduler", "guidance_scale", "mask_dilation", "ti_steps",
+                                         "num_images")}}
     if args.train_oracle:
         results["oracle_training"] = train_oracle(args.oracle)
     oracle = load_classifier(args.oracle)
@@ -210,7 +213,8 @@ def main(argv=None) -> int:
         (oracle_predictions(oracle, dataset["image"]) == np.asarray(dataset["label"])).mean()
     )
     config = InpaintingConfig(model_id=args.prior, resolution=32, num_inference_steps=args.steps,
-                              guidance_scale=args.guidance_scale, torch_dtype="float32", batch_size=32)
+                              guidance_scale=args.guidance_scale, torch_dtype="float32", batch_size=32,
+                              scheduler=args.scheduler)
     pipe = load_inpainting_pipeline(config, device="cpu")
     measured = {}
     if "A" in args.gates or "C" in args.gates:
