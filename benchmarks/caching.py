@@ -27,8 +27,9 @@ import time
 import torch
 
 from _common import base_parser, finish, median, print_machine, verdict
-from dbb_hf.cli import PRESETS_DIR, run_pipeline
+from dbb_hf.cli import run_pipeline
 from dbb_hf.config import load_yaml
+from dbb_hf.presets import DEMO_PRESET
 
 # Appended to the preset's own data options (later keys win), then two shorter trainings.
 SHRINK_OPTIONS = ["num_train=600", "num_validation=200", "num_test=200"]
@@ -37,7 +38,7 @@ SHRINK_FLAGS = ["--erm_num_epochs", "2", "--retraining_num_epochs", "2"]
 
 def parse_args():
     parser = base_parser(__doc__)
-    parser.add_argument("--preset", default=os.path.join(PRESETS_DIR, "demo.yaml"), help="YAML defaults of the run")
+    parser.add_argument("--preset", default=DEMO_PRESET, help="YAML defaults of the run")
     parser.add_argument("--target", type=float, default=0.05, help="largest rerun / first-run time allowed")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of one rerun (library code)")
     parser.add_argument("--import-time", action="store_true", help="also time importing the pipeline in a fresh interpreter")

@@ -280,10 +280,11 @@ def run_child(args) -> None:
     torch.manual_seed(args.seed)
     erm_dir = root / f"erm-{args.rows}"
     save_classifier(create_classifier(configs["classifier"], 2).eval(), str(erm_dir), ["not_blond", "blond"])
-    from dbb_hf.pipeline import build_augmented
+    from dbb_hf.augmented import build_augmented
 
     pruned, _ = run.generate(dataset, str(erm_dir), "random-erm")
-    run._cached("augmented", "augmented-" + fp_data, lambda d: build_augmented(dataset, pruned))
+    run._cached("augmented", "augmented-" + fp_data, lambda d: build_augmented(dataset, pruned, configs["pruning"].P),
+                main_only=True)
     figures["run_folder"] = {"disk_bytes": folder_bytes(out)}
     print("RESULT-JSON " + json.dumps(figures))
 

@@ -2,8 +2,12 @@
 
 An augmented dataset holds the real splits (``train``, and ``validation`` / ``test`` when
 present) and a ``synthetic`` split of kept edits whose ``label`` is the new class and
-whose ``source_label`` is the class of the image they were made from. The run writes it
-with ``save_to_disk``; it is published as parquet shards (see :mod:`dbb_hf.hub`).
+whose ``source_label`` is the class of the image they were made from. Each edit keeps its
+provenance columns (``prompt``, ``seed``, ``generator``, ``psi``, ``rho``, ...), among them
+the two thresholds it passed: ``psi_threshold`` (Psi of its source class) and ``P`` (P of
+its new class), which :func:`thresholds` reads back. :func:`build_augmented` makes it from
+the pruning stage's output (the pipeline, and ``dbb-hf augment``); the run writes it with
+``save_to_disk``; it is published as parquet shards (see :mod:`dbb_hf.hub`).
 
 A Hub dataset configuration has one schema for all its splits, while the run's splits
 differ (only edits have ``prompt``, ``psi``, ...). :func:`unify_features` gives every
@@ -19,11 +23,14 @@ import json
 import os
 from typing import Optional
 
-from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, load_dataset, load_from_disk
+from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Value, load_dataset, load_from_disk
+from datasets import Image as ImageFeature
 
 from .errors import DatasetFormatError
 from .hub_access import looks_like_path, reaching
 
+# 2: the synthetic split records the P each edit passed (a stage saved before is rebuilt).
+FORMAT_VERSION = 2
 REQUIRED_SPLITS = ("train", "synthetic")
 OPTIONAL_SPLITS = ("validation", "test")
 # What the upweighted retraining reads: the image and its class everywhere, and for edits
@@ -182,3 +189,83 @@ def load_augmented(
         with reaching(source, revision, "augmented dataset"):
             dataset = load_dataset(source, revision=revision, cache_dir=cache_dir)
     return check_augmented(unify_features(dataset), source)
+
+
+def build_augmented(dataset: DatasetDict, pruned: Dataset, P) -> DatasetDict:
+    """Real ``train``, kept edits as ``synthetic`` (label = new class, with provenance), ``validation``, ``test``.
+
+    ``pruned`` is the pruning stage's output (``keep``, ``target_label``, ``generated`` and the
+    provenance columns) and ``P`` the thresholds it was pruned with (one, or one per class),
+    recorded per edit in the ``P`` column.
+    """
+    from .pruning import thresholds_per_class
+
+    kept = pruned.filter(lambda keep: bool(keep), input_columns="keep")
+    features = dataset["train"].features
+    num_spurious = features["spurious"].num_classes if "spurious" in features else 1
+    P = thresholds_per_class(P, features["label"].num_classes)
+
+    def to_synthetic(batch):
+        return {
+            "image": batch["generated"],
+            "label": batch["target_label"],
+            "source_label": batch["label"],
+            "source_example_id": batch["example_id"],
+            "example_id": [f"{e}->t{t}" for e, t in zip(batch["example_id"], batch["target_label"])],
+            "group": [t * num_spurious + s for t, s in zip(batch["target_label"], batch.get("spurious", [0] * len(batch["label"])))],
+            "P": [P[t] for t in batch["target_label"]],
+        }
+
+    drop = [c for c in ("image", "generated", "erm_probs") if c in kept.column_names]
+    synthetic_features = kept.features.copy()
+    synthetic_features["source_label"] = ClassLabel(names=features["label"].names)
+    synthetic_features["source_example_id"] = Value("string")
+    synthetic_features["label"] = features["label"]
+    synthetic_features["P"] = Value("float32")
+    for column in drop:
+        synthetic_features.pop(column)
+    synthetic_features["image"] = ImageFeature()
+    synthetic = kept.map(
+        to_synthetic, batched=True, remove_columns=drop + ["target_label"],
+        features=_ordered(synthetic_features, features), desc="augmented",
+    ) if len(kept) else _empty_synthetic(synthetic_features, features)
+    return DatasetDict(
+        {"train": dataset["train"], "synthetic": synthetic, "validation": dataset["validation"], "test": dataset["test"]}
+    )
+
+
+def _ordered(synthetic_features, features):
+    order = [c for c in features if c in synthetic_features] + [c for c in synthetic_features if c not in features]
+    return Features({c: synthetic_features[c] for c in order if c != "target_label"})
+
+
+def _empty_synthetic(synthetic_features, features):
+    ordered = _ordered(synthetic_features, features)
+    return Dataset.from_dict({c: [] for c in ordered}, features=ordered)
+
+
+def thresholds(dataset: DatasetDict) -> dict:
+    """What the synthetic split records of how it was made: ``Psi`` per source class (its
+    ``psi_threshold`` column), ``P`` per new class (its ``P`` column) and ``generators``.
+
+    A threshold list holds None for a class without kept edits (nothing recorded it), and
+    the whole entry is None when the column is absent (a dataset made elsewhere); a class
+    whose edits disagree (sets made with other thresholds, put together) gets the sorted
+    list of its values.
+    """
+    synthetic = dataset["synthetic"]
+    num_classes = dataset["train"].features["label"].num_classes
+
+    def per_class(column: str, by: str):
+        if column not in synthetic.column_names:
+            return None
+        seen: dict[int, set] = {}
+        for c, value in zip(synthetic[by], synthetic[column]):
+            if value is not None:
+                # float32 columns: 6 digits are what the stored value holds.
+                seen.setdefault(c, set()).add(round(float(value), 6))
+        values = [sorted(seen.get(c, ())) for c in range(num_classes)]
+        return [v[0] if len(v) == 1 else (v or None) for v in values]
+
+    generators = sorted(set(synthetic["generator"]) - {None}) if "generator" in synthetic.column_names else None
+    return {"Psi": per_class("psi_threshold", "source_label"), "P": per_class("P", "label"), "generators": generators}

@@ -1,7 +1,12 @@
 """The `dbb-hf` command: one subcommand per stage, reading and writing datasets on disk.
 
-Each subcommand parses config dataclasses with HfArgumentParser (``dbb-hf <cmd> --help``
-lists every flag with its help text), so the stages can be run one at a time.
+Every subcommand reads its settings as ``dbb-hf run`` does (:func:`dbb_hf.config.resolve_configs`),
+so the flags are the same everywhere: a stage section's field is ``--<section>_<field>``
+(``--masking_backend``, ``--pruning_P``, ``--retraining_gammas``), a ``data`` or ``run``
+field is unprefixed (``--dataset``, ``--class_prompts``, ``--device``), ``--config FILE``
+reads a recipe's YAML (or a run's ``config.yaml``) and ``--preset NAME`` a preset.
+``dbb-hf <cmd> --help`` lists every flag with its help text. So the stages run one at a
+time, by hand, with the settings of a whole run.
 """
 
 from __future__ import annotations
@@ -9,10 +14,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
-from .config import DataConfig, parse_sections, pop_flag
+from .config import DataConfig, pop_flag, resolve_configs, subset
+
+DATA = ("data", DataConfig)
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {}
 
@@ -29,6 +38,13 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+def _run_fields(*names: str) -> tuple[str, type]:
+    """The ``run`` section's fields ``names``, for a command that reads only those."""
+    from .pipeline import RunConfig
+
+    return "run", subset(RunConfig, names)
+
+
 @dataclass
 class GroupsArgs:
     json: bool = field(default=False, metadata={"help": "Print {split: {'<label>/<spurious>': count}} as JSON."})
@@ -38,7 +54,7 @@ class GroupsArgs:
 def groups_main(argv: list[str]) -> int:
     from .data.common import group_counts
 
-    data, args, _ = parse_sections({}, [DataConfig, GroupsArgs], argv)
+    data, args, _ = resolve_configs({}, [DATA, GroupsArgs], argv)
     counts = group_counts(data.load())
     if args.json:
         _print_json(counts)
@@ -55,10 +71,10 @@ def erm_main(argv: list[str]) -> int:
     from .modeling import ClassifierConfig
     from .training import TrainingConfig, train_classifier
 
-    data, configs = parse_sections({"classifier": ClassifierConfig, "train": TrainingConfig}, [DataConfig], argv)
+    data, configs = resolve_configs({"classifier": ClassifierConfig, "erm": TrainingConfig}, [DATA], argv)
     dataset = data.load()
     result = train_classifier(
-        dataset["train"], dataset["validation"], configs["classifier"], configs["train"],
+        dataset["train"], dataset["validation"], configs["classifier"], configs["erm"],
         metadata={"dataset": data.dataset, "data_dir": data.data_dir},
     )
     _print_json({"model_dir": result.model_dir, "best_epoch": result.best_epoch, "validation": result.best_validation})
@@ -79,7 +95,7 @@ def evaluate_main(argv: list[str]) -> int:
     from .modeling import load_classifier
     from .training import train_group_counts_of, evaluate_split
 
-    data, args, _ = parse_sections({}, [DataConfig, EvaluateArgs], argv)
+    data, args, _ = resolve_configs({}, [DATA, EvaluateArgs], argv)
     if args.model is None:
         raise SystemExit("evaluate: --model is required")
     dataset = data.load()
@@ -101,9 +117,6 @@ class StageIO:
     input: str = field(default=None, metadata={"help": "Input dataset saved with save_to_disk (a Dataset or DatasetDict)."})
     split: str = field(default="train", metadata={"help": "Split to take when the input is a DatasetDict or a benchmark."})
     output: str = field(default=None, metadata={"help": "Where to save the output dataset (save_to_disk)."})
-    class_prompts: Optional[list[str]] = field(
-        default=None, metadata={"help": "Word(s) naming each class's object in prompts; default: the class names."}
-    )
 
 
 def _load_input(io: StageIO, data: DataConfig | None = None):
@@ -131,10 +144,10 @@ def _save_output(dataset, io: StageIO) -> None:
     print(f"saved {len(dataset)} rows with columns {dataset.column_names} to {io.output}")
 
 
-def _prompts(dataset, io: StageIO) -> list[str]:
+def _prompts(dataset, run) -> list[str]:
     from .preflight import resolve_class_prompts
 
-    return resolve_class_prompts(dataset.features["label"].names, io.class_prompts)
+    return resolve_class_prompts(dataset.features["label"].names, run.class_prompts)
 
 
 @dataclass
@@ -142,21 +155,16 @@ class ModelArg:
     model: str = field(default=None, metadata={"help": "A saved classifier folder (or hf-hub:<id>)."})
 
 
-@dataclass
-class DeviceArg:
-    device: Optional[str] = field(default=None, metadata={"help": "Torch device (default: cuda when available)."})
-
-
 @command("score", "Stage 1a: per-image ERM loss and class probabilities (erm_loss, erm_probs).")
 def score_main(argv: list[str]) -> int:
     from .modeling import load_classifier
     from .selection import score_dataset
 
-    data, io, m, d, _ = parse_sections({}, [DataConfig, StageIO, ModelArg, DeviceArg], argv)
+    data, io, m, run, _ = resolve_configs({}, [DATA, StageIO, ModelArg, _run_fields("device")], argv)
     if m.model is None:
         raise SystemExit("score: --model is required")
     dataset = _load_input(io, data)
-    _save_output(score_dataset(dataset, load_classifier(m.model), device=d.device, model_id=m.model), io)
+    _save_output(score_dataset(dataset, load_classifier(m.model), device=run.device, model_id=m.model), io)
     return 0
 
 
@@ -172,7 +180,8 @@ class SelectArgs:
 def select_main(argv: list[str]) -> int:
     from .selection import SelectionConfig, select_lowest_loss, select_textual_inversion, selection_purity
 
-    io, extra, config, _ = parse_sections({}, [StageIO, SelectArgs, SelectionConfig], argv)
+    io, extra, configs = resolve_configs({"selection": SelectionConfig}, [StageIO, SelectArgs], argv)
+    config = configs["selection"]
     scored = _load_input(io)
     selected = select_lowest_loss(scored, config)
     _save_output(selected, io)
@@ -193,15 +202,17 @@ class TokensArgs:
 def learn_tokens_main(argv: list[str]) -> int:
     from .textual_inversion import TextualInversionConfig, learn_tokens
 
-    io, args, config, _ = parse_sections({}, [StageIO, TokensArgs, TextualInversionConfig], argv)
+    io, args, run, configs = resolve_configs(
+        {"textual_inversion": TextualInversionConfig}, [StageIO, TokensArgs, _run_fields("class_prompts")], argv
+    )
     if args.output_dir is None:
         raise SystemExit("learn-tokens: --output_dir is required")
     images = _load_input(io)
-    prompts = _prompts(images, io)
+    prompts = _prompts(images, run)
     per_class = {c: images.filter(lambda y: y == c, input_columns="label")["image"] for c in range(len(prompts))}
     # Tokens are named after the classes; the prompts name the object with the words inpainting uses.
     names = images.features["label"].names
-    _print_json(learn_tokens(per_class, names, config, args.output_dir, prompt_name=prompts))
+    _print_json(learn_tokens(per_class, names, configs["textual_inversion"], args.output_dir, prompt_name=prompts))
     return 0
 
 
@@ -209,18 +220,18 @@ def learn_tokens_main(argv: list[str]) -> int:
 def mask_main(argv: list[str]) -> int:
     from .masking import MaskingConfig, load_masking_models, run_masking
 
-    io, d, config, _ = parse_sections({}, [StageIO, DeviceArg, MaskingConfig], argv)
+    io, run, configs = resolve_configs({"masking": MaskingConfig}, [StageIO, _run_fields("class_prompts", "device")], argv)
+    config = configs["masking"]
     dataset = _load_input(io)
-    prompts = _prompts(dataset, io)  # checked before any model is loaded
-    models = None if config.backend == "column" else load_masking_models(config, d.device)
-    _save_output(run_masking(dataset, config, class_names=prompts, models=models, device=d.device), io)
+    prompts = _prompts(dataset, run)  # checked before any model is loaded
+    models = None if config.backend == "column" else load_masking_models(config, run.device)
+    _save_output(run_masking(dataset, config, class_names=prompts, models=models, device=run.device), io)
     return 0
 
 
 @dataclass
 class InpaintArgs:
     tokens_dir: Optional[str] = field(default=None, metadata={"help": "Learned tokens (the learn-tokens output_dir)."})
-    device: Optional[str] = field(default=None, metadata={"help": "Torch device."})
 
 
 @command("inpaint", "Stage 4: edit each row's masked object into its target class (generated, prompt, seed, ...).")
@@ -228,14 +239,17 @@ def inpaint_main(argv: list[str]) -> int:
     from .inpainting import InpaintingConfig, load_inpainting_pipeline, prepare_donors, run_inpainting
     from .textual_inversion import load_tokens
 
-    io, args, config, _ = parse_sections({}, [StageIO, InpaintArgs, InpaintingConfig], argv)
+    io, args, run, configs = resolve_configs(
+        {"inpainting": InpaintingConfig}, [StageIO, InpaintArgs, _run_fields("class_prompts", "device")], argv
+    )
+    config = configs["inpainting"]
     dataset = _load_input(io)
-    prompts = _prompts(dataset, io)  # checked before any model is loaded
+    prompts = _prompts(dataset, run)  # checked before any model is loaded
     pipe = donors = tokens = None
     if config.backend == "diffusers":
         if args.tokens_dir is None:
             raise SystemExit("inpaint: --tokens_dir is required with the diffusers backend")
-        pipe = load_inpainting_pipeline(config, args.device)
+        pipe = load_inpainting_pipeline(config, run.device)
         load_tokens(pipe, args.tokens_dir)
         tokens = _tokens_by_class(args.tokens_dir, dataset.features["label"].names)
     else:
@@ -267,7 +281,8 @@ def prune_main(argv: list[str]) -> int:
     from .modeling import load_classifier
     from .pruning import PruningConfig, apply_thresholds, class_confidence, score_edits
 
-    io, m, args, config, _ = parse_sections({}, [StageIO, ModelArg, PruneArgs, PruningConfig], argv)
+    io, m, args, configs = resolve_configs({"pruning": PruningConfig}, [StageIO, ModelArg, PruneArgs], argv)
+    config = configs["pruning"]
     dataset = _load_input(io)
     if m.model is None:
         if not {"psi", "rho"} <= set(dataset.column_names):
@@ -285,73 +300,203 @@ def prune_main(argv: list[str]) -> int:
     return 0
 
 
-@dataclass
-class RetrainArgs:
-    augmented: str = field(default=None, metadata={"help": "Augmented dataset: a Hub id, a Hub-layout folder or a run's augmented/."})
-    init_model: Optional[str] = field(default=None, metadata={"help": "Start from this classifier (e.g. the ERM model)."})
+# What augment needs of prune's output: the verdict, the edit and what its thresholds read.
+PRUNED_COLUMNS = ("keep", "target_label", "generated", "psi", "rho", "psi_threshold", "example_id")
 
 
-@command("retrain", "Stage 6: upweighted retraining (Eq. 6-8) on an augmented dataset.")
-def retrain_main(argv: list[str]) -> int:
-    from .augmented import load_augmented
-    from .modeling import ClassifierConfig
-    from .training import TrainingConfig, train_classifier
+@command("augment", "The augmented dataset (train, synthetic = kept edits, validation, test) from prune's output.")
+def augment_main(argv: list[str]) -> int:
+    from .augmented import build_augmented
+    from .checks import check_class_names
+    from .pruning import PruningConfig, apply_thresholds
+    from .stages import save_to_disk
 
-    args, configs = parse_sections({"classifier": ClassifierConfig, "train": TrainingConfig}, [RetrainArgs], argv)
-    if args.augmented is None:
-        raise SystemExit("retrain: --augmented is required")
-    augmented = load_augmented(args.augmented)
-    result = train_classifier(
-        augmented["train"], augmented["validation"], configs["classifier"], configs["train"],
-        synthetic=augmented["synthetic"], init_model_dir=args.init_model, metadata={"augmented": args.augmented},
-    )
-    _print_json({"model_dir": result.model_dir, "best_epoch": result.best_epoch, "validation": result.best_validation})
+    data, io, configs = resolve_configs({"pruning": PruningConfig}, [DATA, StageIO], argv)
+    config = configs["pruning"]
+    if io.input is None:
+        raise SystemExit("augment: --input (the output of dbb-hf prune) is required")
+    pruned = _load_input(io)
+    missing = [c for c in PRUNED_COLUMNS if c not in pruned.column_names]
+    if missing:
+        raise SystemExit(f"augment: --input {io.input} has no column(s) {missing}: give the output of dbb-hf prune")
+    # Each edit records the P it passed, so the given thresholds must be the ones its verdict used.
+    verdicts = apply_thresholds(pruned, config.P, psi_rule=config.psi_rule)["keep"]
+    differ = [e for e, kept, again in zip(pruned["example_id"], pruned["keep"], verdicts) if bool(kept) != bool(again)]
+    if differ:
+        raise SystemExit(
+            f"augment: {len(differ)} of {len(pruned)} rows of {io.input} were not pruned with --pruning_P "
+            f"{config.P} --pruning_psi_rule {config.psi_rule} (e.g. {differ[:3]}); pass the thresholds dbb-hf prune used"
+        )
+    dataset = data.load()
+    check_class_names(dataset["train"].features["label"].names, pruned.features["label"].names,
+                      expected_what=f"the dataset {data.dataset!r}", actual_what=f"--input {io.input}")
+    if io.output is None:
+        raise SystemExit("--output is required")
+    augmented = build_augmented(dataset, pruned, config.P)
+    save_to_disk(augmented, io.output)
+    print(f"saved {io.output}: " + ", ".join(f"{split} {len(ds)} rows" for split, ds in augmented.items()))
     return 0
 
 
-@command("push", "Publish a run: dataset, tokens and model (--to_folder OUT writes the Hub folders).")
+@dataclass
+class RetrainArgs:
+    augmented: str = field(default=None, metadata={"help": "Augmented dataset: a Hub id, a Hub-layout folder or a run's augmented/."})
+
+
+@command("retrain", "Stage 6: upweighted retraining (Eq. 6-8) on an augmented dataset, evaluated on its test split "
+                    "(report.json, report.md in --retraining_output_dir).")
+def retrain_main(argv: list[str]) -> int:
+    from .augmented import load_augmented, thresholds
+    from .modeling import ClassifierConfig
+    from .report import write_report
+    from .training import TrainingConfig, evaluate_models, train_classifier
+
+    args, run, configs = resolve_configs(
+        {"classifier": ClassifierConfig, "retraining": TrainingConfig},
+        [RetrainArgs, _run_fields("erm_model", "retrain_from_erm", "device")], argv,
+        # TrainingConfig's own default folder is ERM's.
+        layers=[("retrain defaults", {"retraining": {"output_dir": "runs/retrained"}})],
+    )
+    if args.augmented is None:
+        raise SystemExit("retrain: --augmented is required")
+    augmented = load_augmented(args.augmented)
+    missing = [split for split in ("validation", "test") if split not in augmented]
+    if missing:
+        raise SystemExit(f"retrain: {args.augmented} has no {missing} split(s); retraining selects its model on "
+                         f"validation and the report evaluates on test (it has {list(augmented)})")
+    config = configs["retraining"]
+    start = time.perf_counter()
+    result = train_classifier(
+        augmented["train"], augmented["validation"], configs["classifier"], config, synthetic=augmented["synthetic"],
+        init_model_dir=run.erm_model if run.retrain_from_erm else None, metadata={"augmented": args.augmented},
+    )
+    timings = {"retrained": time.perf_counter() - start}
+    start = time.perf_counter()
+    models = {**({"erm": run.erm_model} if run.erm_model else {}), "retrained": result.model_dir}
+    metrics = evaluate_models(models, augmented, device=run.device)
+    timings["evaluation"] = time.perf_counter() - start
+    report = write_report(
+        Path(config.output_dir), metrics=metrics, pruned=None, augmented=augmented,
+        info={**thresholds(augmented), "thresholds_from": f"the augmented dataset {args.augmented}"},
+        configs=configs, data={"augmented": args.augmented}, timings=timings, reused=[], num_grid_examples=0,
+    )
+    _print_json({"model_dir": result.model_dir, "best_epoch": result.best_epoch, "validation": result.best_validation,
+                 "test": {name: report[name] for name in ("erm", "retrained")},
+                 "report": str(Path(config.output_dir) / "report.md")})
+    return 0
+
+
+@dataclass
+class PushArgs:
+    """Flags of ``dbb-hf push`` besides the run's own. No token flag: tokens in command lines end
+    up in shell histories; the token comes from HF_TOKEN or ``hf auth login``."""
+
+    to_folder: Optional[str] = field(
+        default=None,
+        metadata={"help": "Write the repositories' folders here instead of pushing (with --hub_namespace: cards "
+                  "link the final ids)."},
+    )
+    name_prefix: Optional[str] = field(
+        default=None, metadata={"help": "Repository name prefix (default: the dataset name)."}
+    )
+
+
+@command("push", "Publish a run (--output_dir): dataset, tokens and model (--to_folder OUT writes the Hub folders).")
 def push_main(argv: list[str]) -> int:
-    import argparse
+    from .hub import publish_run, repo_url
 
-    from .hub import add_push_arguments, push_main as hub_push_main
-
-    parser = add_push_arguments(argparse.ArgumentParser(prog="dbb-hf push"))
-    return hub_push_main(parser.parse_args(argv))
-
-
-PRESETS_DIR = os.path.join(os.path.dirname(__file__), "presets")
-
-
-def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Pull ``--config FILE`` out of argv (YAML defaults that the other flags override)."""
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise SystemExit("--config needs a YAML file")
-        return argv[i + 1], argv[:i] + argv[i + 2 :]
-    return None, argv
+    run, args, _ = resolve_configs({}, [_run_fields("output_dir", "hub_namespace", "hub_private"), PushArgs], argv)
+    published = publish_run(
+        run.output_dir, namespace=run.hub_namespace, to_folder=args.to_folder, private=run.hub_private,
+        name_prefix=args.name_prefix,
+    )
+    for kind, where in published.items():
+        print(f"{kind}: {where if args.to_folder is not None else repo_url(kind, where)}")
+    return 0
 
 
-def run_pipeline(argv: list[str], defaults: dict | None = None) -> dict:
-    """Parse the pipeline's configs (YAML defaults, then flags) and run it."""
-    from .config import load_yaml
+def run_pipeline(argv: list[str] | None = None, defaults=None, *, presets=(), overrides=(), build_root=None) -> dict:
+    """Run the pipeline with the configs of :func:`dbb_hf.config.resolve_configs`: ``defaults``
+    (a recipe's YAML: a path or sections), ``presets``, ``overrides``, then ``--preset``,
+    ``--config`` and the flags of ``argv``."""
     from .pipeline import SECTIONS, Pipeline, RunConfig
 
-    config_file, argv = _split_config_flag(argv)
-    merged = dict(defaults or {})
-    if config_file:
-        for section, values in load_yaml(config_file).items():
-            merged[section] = {**merged.get(section, {}), **values} if isinstance(values, dict) else values
-    data, run, configs = parse_sections(SECTIONS, [DataConfig, RunConfig], argv, defaults=merged)
+    data, run, configs = resolve_configs(
+        SECTIONS, [DATA, ("run", RunConfig)], argv, layers=[defaults] if defaults else [], presets=presets,
+        overrides=overrides, build_root=build_root,
+    )
     return Pipeline(data, run, configs)()
 
 
-@command("run", "The whole method end to end (resumable); --config FILE for YAML defaults.")
+def run_compare(argv: list[str] | None = None, defaults=None, *, presets=(), overrides=()) -> dict:
+    """Run ``dbb-hf compare`` with the configs of :func:`dbb_hf.config.resolve_configs` (as
+    :func:`run_pipeline`, plus the baselines' sections and ``compare``'s own)."""
+    from .compare import SECTIONS, CompareConfig, run_compare as compare
+    from .pipeline import RunConfig
+
+    data, run, compare_config, configs = resolve_configs(
+        SECTIONS, [DATA, ("run", RunConfig), ("compare", CompareConfig)], argv,
+        layers=[defaults] if defaults else [], presets=presets, overrides=overrides,
+    )
+    return compare(data, run, configs, compare_config)
+
+
+def _demo_generator(argv: list[str], name: str) -> tuple[tuple[str, ...], list[str]]:
+    """The demo's presets for ``--generator`` (default: the demo's generator), and the other arguments."""
+    from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS
+
+    generator, argv = pop_flag(argv, "--generator")
+    generator = generator or DEFAULT_DEMO_GENERATOR
+    if generator not in DEMO_GENERATORS:
+        raise SystemExit(f"{name}: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")
+    if "-h" in argv or "--help" in argv:
+        print(f"--generator {{{','.join(sorted(DEMO_GENERATORS))}}}: how edits are made "
+              f"(default: {DEFAULT_DEMO_GENERATOR}); the flags below override the preset's values.\n")
+    return DEMO_GENERATORS[generator], argv
+
+
+@command(
+    "compare",
+    "DBB against ERM, group reweighting/upsampling, GroupDRO, JTT and DFR over several seeds in one harness "
+    "(results.json, results.md, results.png); without --config, on the toy with the demo's settings "
+    "(--generator as for demo).",
+)
+def compare_main(argv: list[str]) -> int:
+    from .compare import results_markdown
+
+    presets, overrides = (), ()
+    if "--config" not in argv:
+        # Without a YAML file the toy runs offline with the demo's settings (the library's
+        # defaults name ResNet-50 and Stable Diffusion 2 on the Hub).
+        presets, argv = _demo_generator(argv, "compare")
+        overrides = ({"run": {"output_dir": "runs/compare"}},)
+    elif "--generator" in argv:
+        raise SystemExit("compare: --generator chooses the demo's settings; with --config the YAML file does")
+    results = run_compare(argv, presets=presets, overrides=overrides)
+    print(results_markdown(results))
+    return 0
+
+
+@command("run", "The whole method end to end (resumable); --config FILE for YAML defaults, --preset NAME.")
 def run_main(argv: list[str]) -> int:
     report = run_pipeline(argv)
     if report is not None:
         _print_json({k: report[k] for k in ("erm", "retrained", "gain_worst_group_accuracy")})
     return 0
+
+
+def _demo_defaults(argv: list[str], name: str) -> tuple[dict, list[str]]:
+    """The demo's preset for ``--generator`` (default: the demo's generator), and the other arguments."""
+    from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS, demo_preset
+
+    generator, argv = pop_flag(argv, "--generator")
+    generator = generator or DEFAULT_DEMO_GENERATOR
+    if generator not in DEMO_GENERATORS:
+        raise SystemExit(f"{name}: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")
+    if "-h" in argv or "--help" in argv:
+        print(f"--generator {{{','.join(sorted(DEMO_GENERATORS))}}}: how edits are made "
+              f"(default: {DEFAULT_DEMO_GENERATOR}); the flags below override the preset's values.\n")
+    return demo_preset(generator), argv
 
 
 @command(
@@ -360,16 +505,8 @@ def run_main(argv: list[str]) -> int:
     "inpainting with the miniature prior shipped in the package) or compose (paste donor objects).",
 )
 def demo_main(argv: list[str]) -> int:
-    from .presets import DEFAULT_DEMO_GENERATOR, DEMO_GENERATORS, demo_preset
-
-    generator, argv = pop_flag(argv, "--generator")
-    generator = generator or DEFAULT_DEMO_GENERATOR
-    if generator not in DEMO_GENERATORS:
-        raise SystemExit(f"demo: --generator must be one of {sorted(DEMO_GENERATORS)}, got {generator!r}")
-    if "-h" in argv or "--help" in argv:
-        print(f"--generator {{{','.join(sorted(DEMO_GENERATORS))}}}: how edits are made "
-              f"(default: {DEFAULT_DEMO_GENERATOR}); the flags below override the preset's values.\n")
-    report = run_pipeline(argv, defaults=demo_preset(generator))
+    presets, argv = _demo_generator(argv, "demo")
+    report = run_pipeline(argv, presets=presets)
     if report is not None:
         erm, retrained = report["erm"], report["retrained"]
         print(

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from datasets import ClassLabel, Dataset, DatasetDict, Image as ImageFeature, Value
+import numpy as np
+from datasets import Dataset, DatasetDict
 
 from . import __version__
+from .augmented import FORMAT_VERSION as AUGMENTED_FORMAT, build_augmented, thresholds
 from .config import DataConfig, to_yaml
 from .devices import release_memory, resolve_device
 from .images import keep_rows
@@ -44,7 +46,7 @@ from .stages import (
     source_signature, stage_fingerprint, write_text_atomic,
 )
 from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
-from .training import TrainingConfig, train_group_counts_of, evaluate_split, train_classifier
+from .training import TrainingConfig, evaluate_models, train_classifier
 
 
 
@@ -213,21 +215,32 @@ class Pipeline:
             return self.run.erm_model, stage_fingerprint(
                 "erm-given", self.run.erm_model, local_models(self.run.erm_model)
             )
-        start = time.perf_counter()
         config = dataclasses.replace(self.configs["erm"], output_dir=str(self.out / "erm"))
         fp = stage_fingerprint("erm", [self.configs["classifier"], dataclasses.replace(config, output_dir="")], fp_data)
-        if self._claim("erm", fp):
-            self.reused.append("erm")
-        else:
+
+        def train(stage_dir):
             result = train_classifier(
                 dataset["train"], dataset["validation"], self.configs["classifier"], config,
                 metadata={"stage": "erm", "dataset": dataclasses.asdict(self.data)},
             )
+            return {"best_epoch": result.best_epoch}
+
+        return self.trained("erm", fp, train), fp
+
+    def trained(self, stage: str, fingerprint: str, train) -> str:
+        """The model folder ``output_dir/<stage>/model``, trained by ``train(stage_dir)`` unless a
+        run with ``fingerprint`` finished there (a dict that ``train`` returns joins ``stage.json``)."""
+        start = time.perf_counter()
+        if self._claim(stage, fingerprint):
+            self.reused.append(stage)
+        else:
+            info = train(self.out / stage)
+            info = info if isinstance(info, dict) else {}
             if self.state.is_main_process:
-                write_text_atomic(self.out / "erm" / STAGE_INFO, json.dumps({"fingerprint": fp, "best_epoch": result.best_epoch}))
+                write_text_atomic(self.out / stage / STAGE_INFO, json.dumps({"fingerprint": fingerprint, **info}))
             self.state.wait_for_everyone()
-        self.timings["erm"] = time.perf_counter() - start
-        return str(self.out / "erm" / "model"), fp
+        self.timings[stage] = time.perf_counter() - start
+        return str(self.out / stage / "model")
 
     def generate(self, dataset: DatasetDict, erm_dir: str, fp_erm: str):
         """Stages 1-5: the pruned set of edits with every provenance column, and Psi."""
@@ -235,7 +248,7 @@ class Pipeline:
         model = load_classifier(erm_dir, device=self.device)
         cfg = self.configs
 
-        scored = self._scored("scores", dataset["train"], model, fp_erm)
+        scored = self.score_split("scores", dataset["train"], model, fp_erm)
         Psi = class_confidence(scored)
 
         fp_sel = stage_fingerprint("selection", cfg["selection"], fp_erm)
@@ -247,7 +260,7 @@ class Pipeline:
             validation = dataset["validation"]
             if cfg["selection"].ti_source == "validation_group" and cfg["selection"].ti_validation_groups is None:
                 # The class's validation group is the one the ERM model fails most on.
-                validation = self._scored("validation_scores", validation, model, fp_erm)
+                validation = self.score_split("validation_scores", validation, model, fp_erm)
             tokens, fp_tok = self._learn_tokens(validation, scored, prompts, fp_sel)
 
         fp_mask = stage_fingerprint(
@@ -275,10 +288,10 @@ class Pipeline:
         )
         accounting["pruning"] = account_stage("pruning", generated, pruned)
         accounting["outcomes"] = outcome_counts(pruned)
-        return pruned, {"Psi": Psi, "purity": purity, "tokens": tokens, "fingerprint": fp_prune, "model": model,
-                        "accounting": accounting}
+        return pruned, {"Psi": Psi, "P": cfg["pruning"].P, "purity": purity, "tokens": tokens, "fingerprint": fp_prune,
+                        "model": model, "accounting": accounting}
 
-    def _scored(self, stage: str, split: Dataset, model, fp_erm: str) -> Dataset:
+    def score_split(self, stage: str, split: Dataset, model, fp_erm: str) -> Dataset:
         """``split`` with the ERM model's per-image ``erm_loss`` and ``erm_probs``; every process
         scores its share of the rows. The stage keeps only the scores (and ``example_id``),
         joined to the split's rows when read: a second copy of every training image is not written."""
@@ -323,10 +336,20 @@ class Pipeline:
             if config.backend == "column" and config.mask_column == "mask":
                 config = dataclasses.replace(config, mask_column="source_mask")
         models = None if config.backend == "column" else load_masking_models(config, self.device)
-        return run_masking(
-            selected, config, class_names=prompts, models=models, device=self.device,
+        # With more than two classes an image has one row per target class (adjacent); its
+        # mask depends on the image and its own class only, so each image is masked once.
+        ids = selected["example_id"]
+        is_first = [i == 0 or ids[i - 1] != e for i, e in enumerate(ids)]
+        images = selected if all(is_first) else selected.select(np.flatnonzero(is_first))
+        once = run_masking(
+            images, config, class_names=prompts, models=models, device=self.device,
             output_dir=stage_dir, shards=self._shards(),
         )
+        if all(is_first):
+            return once
+        return once.select(np.cumsum(is_first) - 1).remove_columns("target_label").add_column(
+            "target_label", selected["target_label"], feature=selected.features["target_label"]
+        ).select_columns(once.column_names)
 
     def _run_generation(self, masked: Dataset, prompts, tokens, stage_dir: Path) -> Dataset:
         config = self.configs["inpainting"]
@@ -364,10 +387,13 @@ class Pipeline:
             augmented = given_augmented
             fp_aug = stage_fingerprint("augmented-given", self.run.augmented_dataset)
             pruned = None
+            # The edits were made elsewhere: what made them is what the dataset records, not this config.
+            info = {**thresholds(augmented), "thresholds_from": f"the given augmented dataset {self.run.augmented_dataset}"}
         else:
             pruned, info = self.generate(dataset, erm_dir, fp_erm)
-            fp_aug = stage_fingerprint("augmented", info["fingerprint"], fp_data)
-            augmented = self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned), main_only=True)
+            fp_aug = stage_fingerprint("augmented", info["fingerprint"], fp_data, AUGMENTED_FORMAT)
+            P = self.configs["pruning"].P
+            augmented = self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned, P), main_only=True)
         info["dropped_images"] = self.dropped_images(fp_data)
         retrained_dir, fp_retrained = self.retrain(augmented, erm_dir, fp_aug, fp_erm)
         fp_report = stage_fingerprint(
@@ -385,27 +411,18 @@ class Pipeline:
             }))
 
     def retrain(self, augmented: DatasetDict, erm_dir: str, fp_aug: str, fp_erm: str) -> tuple[str, str]:
-        start = time.perf_counter()
         config = dataclasses.replace(self.configs["retraining"], output_dir=str(self.out / "retrained"))
         fp = stage_fingerprint(
             "retrained", [self.configs["classifier"], dataclasses.replace(config, output_dir="")],
             # The ERM model by fingerprint, not by path: a run folder moved elsewhere is reused.
             fp_aug, fp_erm if self.run.retrain_from_erm else None,
         )
-        if self._claim("retrained", fp):
-            self.reused.append("retrained")
-        else:
-            train_classifier(
-                augmented["train"], augmented["validation"], self.configs["classifier"], config,
-                synthetic=augmented["synthetic"],
-                init_model_dir=erm_dir if self.run.retrain_from_erm else None,
-                metadata={"stage": "retrained", "dataset": dataclasses.asdict(self.data)},
-            )
-            if self.state.is_main_process:
-                write_text_atomic(self.out / "retrained" / STAGE_INFO, json.dumps({"fingerprint": fp}))
-            self.state.wait_for_everyone()
-        self.timings["retrained"] = time.perf_counter() - start
-        return str(self.out / "retrained" / "model"), fp
+        return self.trained("retrained", fp, lambda stage_dir: train_classifier(
+            augmented["train"], augmented["validation"], self.configs["classifier"], config,
+            synthetic=augmented["synthetic"],
+            init_model_dir=erm_dir if self.run.retrain_from_erm else None,
+            metadata={"stage": "retrained", "dataset": dataclasses.asdict(self.data)},
+        )), fp
 
     def evaluate(self, dataset, erm_dir, retrained_dir, fingerprint: str) -> dict:
         """Validation and test metrics of both models, saved beside the report and reused
@@ -422,15 +439,8 @@ class Pipeline:
             if saved.get("fingerprint") == fingerprint:
                 self.reused.append("evaluation")
                 return saved["metrics"]
-        train_counts = train_group_counts_of(dataset["train"])
-        accelerator = Accelerator()  # the run's processes and precision (dbb_hf.precision)
-        metrics = {}
-        for name, model_dir in (("erm", erm_dir), ("retrained", retrained_dir)):
-            model = load_classifier(model_dir, device=self.device)
-            metrics[name] = {
-                split: evaluate_split(model, dataset[split], train_group_counts=train_counts, accelerator=accelerator)
-                for split in ("validation", "test")
-            }
+        metrics = evaluate_models({"erm": erm_dir, "retrained": retrained_dir}, dataset, device=self.device,
+                                  accelerator=Accelerator())  # the run's processes and precision (dbb_hf.precision)
         if not self.state.is_main_process:
             return metrics
         write_text_atomic(path, json.dumps({"fingerprint": fingerprint, "metrics": metrics}, default=str))
@@ -478,49 +488,4 @@ def local_models(*model_ids) -> list:
     its files' names, sizes and modification times join the fingerprint.
     """
     return [source_signature(model_id) for model_id in model_ids]
-
-
-def build_augmented(dataset: DatasetDict, pruned: Dataset) -> DatasetDict:
-    """Real ``train``, kept edits as ``synthetic`` (label = new class, with provenance), ``validation``, ``test``."""
-    kept = pruned.filter(lambda keep: bool(keep), input_columns="keep")
-    features = dataset["train"].features
-    num_spurious = features["spurious"].num_classes if "spurious" in features else 1
-
-    def to_synthetic(batch):
-        return {
-            "image": batch["generated"],
-            "label": batch["target_label"],
-            "source_label": batch["label"],
-            "source_example_id": batch["example_id"],
-            "example_id": [f"{e}->t{t}" for e, t in zip(batch["example_id"], batch["target_label"])],
-            "group": [t * num_spurious + s for t, s in zip(batch["target_label"], batch.get("spurious", [0] * len(batch["label"])))],
-        }
-
-    drop = [c for c in ("image", "generated", "erm_probs") if c in kept.column_names]
-    synthetic_features = kept.features.copy()
-    synthetic_features["source_label"] = ClassLabel(names=features["label"].names)
-    synthetic_features["source_example_id"] = Value("string")
-    synthetic_features["label"] = features["label"]
-    for column in drop:
-        synthetic_features.pop(column)
-    synthetic_features["image"] = ImageFeature()
-    synthetic = kept.map(
-        to_synthetic, batched=True, remove_columns=drop + ["target_label"],
-        features=_ordered(synthetic_features, features), desc="augmented",
-    ) if len(kept) else _empty_synthetic(synthetic_features, features)
-    return DatasetDict(
-        {"train": dataset["train"], "synthetic": synthetic, "validation": dataset["validation"], "test": dataset["test"]}
-    )
-
-
-def _ordered(synthetic_features, features):
-    from datasets import Features
-
-    order = [c for c in features if c in synthetic_features] + [c for c in synthetic_features if c not in features]
-    return Features({c: synthetic_features[c] for c in order if c != "target_label"})
-
-
-def _empty_synthetic(synthetic_features, features):
-    ordered = _ordered(synthetic_features, features)
-    return Dataset.from_dict({c: [] for c in ordered}, features=ordered)
 

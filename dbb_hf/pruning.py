@@ -6,7 +6,9 @@ For an edit x' (column ``generated``) of a source image x (column ``image``, cla
 - ``psi`` = Softmax(f(x'))[i], the source-class probability on the edit, compared with
   ``Psi_i`` = mean of Softmax(f(x))[i] over ALL training images of class i (Eq. 3);
 - ``rho`` = sum over the edited region M of the integrated gradients of f_{i'} along the
-  straight path from x (baseline) to x' (Eq. 4-5), summed over colour channels.
+  straight path from x (baseline) to x' (Eq. 4-5), summed over colour channels; with
+  ``rho="mean"`` divided by the number of mask pixels (on the classifier's grid), so that a
+  threshold P carries across mask sizes and generators.
 
 An edit is kept iff ``psi < Psi_i`` and ``rho > P_{i'}``.
 
@@ -63,6 +65,7 @@ from .stages import ImageGuard, ShardPlan, run_stage, stage_fingerprint, with_ne
 
 IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 IG_TARGETS = ("target", "source")
+RHO_REDUCTIONS = ("sum", "mean")
 NOT_GENERATED = "not_generated"
 NONFINITE_SCORE = "nonfinite_score"
 GENERATED_OK = "ok"  # the inpainting stage's generation_status of an edited row
@@ -137,10 +140,17 @@ class PruningConfig:
         default="target",
         metadata={"help": "Class whose logit IG explains: 'target' (paper) or 'source' (the authors' release)."},
     )
+    rho: str = field(
+        default="sum",
+        metadata={"help": "sum: rho sums the integrated gradients over the mask (Eq. 5); mean: per mask pixel, "
+                  "so that one P carries across mask sizes and generators."},
+    )
     device: Optional[str] = field(default=None, metadata={"help": "Torch device; default: cuda if available."})
 
     def __post_init__(self):
         self.P = parse_thresholds(self.P)
+        if self.rho not in RHO_REDUCTIONS:
+            raise ValueError(f"rho must be one of {RHO_REDUCTIONS}, got {self.rho!r}")
         if self.n_steps < 1:
             raise ValueError(f"n_steps must be at least 1, got {self.n_steps}")
         if self.method not in IG_METHODS:
@@ -158,7 +168,10 @@ class PruningConfig:
 
     def scoring_settings(self) -> dict:
         """The settings that change the scores (P and psi_rule do not: they only threshold)."""
-        return {"n_steps": self.n_steps, "method": self.method, "ig_target": self.ig_target}
+        settings = {"n_steps": self.n_steps, "method": self.method, "ig_target": self.ig_target}
+        if self.rho != "sum":  # the scores of runs made before the option keep their fingerprint
+            settings["rho"] = self.rho
+        return settings
 
 
 def _parse_internal_batch_size(value) -> int | str | None:
@@ -425,6 +438,8 @@ def _score_tensors(
         internal_batch_size=config.internal_batch_size,
     )
     rho = (attributions.sum(1) * masks).sum((1, 2))
+    if config.rho == "mean":
+        rho = rho / masks.sum((1, 2)).clamp_min(1)
     return psi, rho, attributions
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -18,6 +19,7 @@ from .metrics import format_group_table
 from .stages import write_text_atomic
 
 TILE = 96
+UNKNOWN = "unknown"  # a value the run cannot know (edits made elsewhere that do not record it)
 
 
 def direction_counts(pruned: Dataset) -> dict:
@@ -59,6 +61,78 @@ def pruning_counts(pruned: Dataset) -> dict:
     return dict(counts)
 
 
+def rho_histograms(pruned: Dataset, bins: int = 20) -> dict:
+    """Per direction, histograms of rho for the kept and the pruned edits on shared bins.
+
+    The paper chose P "using IG scores from a subset of generated samples": these show
+    where the thresholds fall. Only generated edits with a finite rho count.
+    ``{direction: {"edges": [...], "kept": [...], "pruned": [...]}}``.
+    """
+    import numpy as np
+
+    names = pruned.features["label"].names
+    columns = pruned.select_columns(["label", "target_label", "generation_status", "rho", "keep"]).to_dict()
+    values = defaultdict(lambda: {"kept": [], "pruned": []})
+    for source, target, status, rho, keep in zip(*columns.values()):
+        if status == "ok" and rho is not None and np.isfinite(rho):
+            values[(source, target)]["kept" if keep else "pruned"].append(rho)
+    out = {}
+    for (source, target), v in sorted(values.items()):
+        edges = _round_edges(min(v["kept"] + v["pruned"]), max(v["kept"] + v["pruned"]), bins)
+        out[f"{names[source]}->{names[target]}"] = {
+            "edges": edges,
+            **{k: np.histogram(v[k], bins=edges)[0].tolist() for k in ("kept", "pruned")},
+        }
+    return out
+
+
+def _round_edges(low: float, high: float, bins: int) -> list[float]:
+    """About ``bins`` bins of a round width (1, 2, 2.5 or 5 times a power of ten) covering [low, high].
+
+    Round edges read well, and do not move with the float rounding of the scores (rho from
+    another batch size differs by ~1e-8), so the same run gives the same histograms.
+    """
+    raw = max(high - low, 1e-6) / bins
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
+    start = math.floor(low / step) * step
+    count = max(1, math.ceil((high - start) / step))
+    while round(start + count * step, 10) < high:
+        count += 1
+    return [round(start + k * step, 10) for k in range(count + 1)]
+
+
+def rho_figure(histograms: dict, P: list[float], names: list[str]) -> Image.Image | None:
+    """One panel per direction: stacked bars of kept and pruned edits by rho, and the line rho = P."""
+    if not histograms:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(histograms), figsize=(4 * len(histograms), 3), squeeze=False)
+    for ax, (direction, h) in zip(axes[0], histograms.items()):
+        edges = h["edges"]
+        widths = [b - a for a, b in zip(edges, edges[1:])] or [1.0]
+        ax.bar(edges[:-1], h["kept"], width=widths, align="edge", color="tab:green", label="kept")
+        ax.bar(edges[:-1], h["pruned"], width=widths, align="edge", bottom=h["kept"], color="tab:red", label="pruned")
+        threshold = P[names.index(direction.split("->")[1])] if len(P) > 1 else P[0]
+        ax.axvline(threshold, color="black", linestyle="--", label=f"P = {threshold:g}")
+        ax.set_title(direction, fontsize=9)
+        ax.set_xlabel("rho")
+        ax.set_ylabel("edits")
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
 def _summary(metrics: dict) -> dict:
     keys = ("worst_group_accuracy", "worst_group", "average_accuracy", "weighted_average_accuracy",
             "per_group_accuracy", "group_counts")
@@ -69,21 +143,27 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
                  num_grid_examples: int, fingerprint: str | None = None, revisions: dict | None = None) -> dict:
     """Write report.json, report.md and the picture grid.
 
+    ``metrics`` are ``{model: {split: metrics}}`` for "retrained" and, when known, "erm".
+    ``info`` holds what the run knows of how the edits were made: ``Psi``, ``P`` (per class),
+    ``purity``, ``tokens``, ``accounting`` and the ERM ``model``; with edits made elsewhere
+    (a given augmented dataset), ``generators`` and ``thresholds_from`` instead. Without
+    ``pruned`` (no edits made here) the counts and the pictures are left out.
     ``fingerprint`` names everything the pictures depend on (data, models, edits, number
     of examples): a grid saved under the same fingerprint is reused, not drawn again.
     ``revisions``: the resolved version of every model the run loaded (``resolved_revisions``).
     """
     out = Path(out)
     revisions = revisions or {}
+    test = {name: m["test"] for name, m in metrics.items()}
     report = {
-        "erm": _summary(metrics["erm"]["test"]),
-        "retrained": _summary(metrics["retrained"]["test"]),
+        "erm": _summary(test["erm"]) if "erm" in test else None,
+        "retrained": _summary(test["retrained"]),
         "validation": {name: _summary(m["validation"]) for name, m in metrics.items()},
-        "gain_worst_group_accuracy": metrics["retrained"]["test"]["worst_group_accuracy"]
-        - metrics["erm"]["test"]["worst_group_accuracy"],
+        "gain_worst_group_accuracy": _gain(test.get("erm"), test["retrained"]),
         "counts": direction_counts(pruned) if pruned is not None else None,
         "pruning": pruning_counts(pruned) if pruned is not None else None,
         "synthetic_rows": len(augmented["synthetic"]),
+        "rho_histograms": rho_histograms(pruned) if pruned is not None else None,
         # Every row in of each stage: ok (kept / pruned) or failed with its reason; see dbb_hf.accounting.
         "accounting": {
             "data": data_accounting(
@@ -93,19 +173,12 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
             **(info.get("accounting") or {}),
         },
         "Psi": info.get("Psi"),
-        "P": list(configs["pruning"].P) if isinstance(configs["pruning"].P, (list, tuple)) else configs["pruning"].P,
+        "P": list(info["P"]) if isinstance(info.get("P"), (list, tuple)) else info.get("P"),
+        "thresholds_from": info.get("thresholds_from", "this run"),
         "selection_purity": info.get("purity"),
         "tokens": info.get("tokens"),
-        "dataset": dataclasses.asdict(data),
-        "models": {
-            "classifier": configs["classifier"].model_name,
-            "inpainting": {"backend": configs["inpainting"].backend, "id": configs["inpainting"].model_id,
-                           "revision": configs["inpainting"].revision},
-            "masking": {"backend": configs["masking"].backend, "detector": configs["masking"].detector_id,
-                        "segmenter": configs["masking"].segmenter_id},
-            "textual_inversion": {"id": configs["textual_inversion"].model_id,
-                                  "revision": configs["textual_inversion"].revision},
-        },
+        "dataset": dataclasses.asdict(data) if dataclasses.is_dataclass(data) else data,
+        "models": _models(configs, info),
         # The version each model resolved to: {role: {"id", "revision", "commit"} or {"id", "digest"}}.
         "resolved_revisions": revisions,
         "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
@@ -124,8 +197,37 @@ def write_report(out: Path, *, metrics, pruned, augmented: DatasetDict, info, co
             out / "pruned.png", fingerprint,
             lambda: pruned_grid(pruned, info["model"], configs["pruning"], num_grid_examples),
         )
-    write_text_atomic(out / "report.md", _markdown(report, metrics, has_grid, has_pruned_grid))
+    has_rho = False
+    if report["rho_histograms"]:
+        has_rho = _cached_picture(
+            out / "rho.png", fingerprint,
+            lambda: rho_figure(report["rho_histograms"], report["P"], pruned.features["label"].names),
+        )
+    write_text_atomic(out / "report.md", _markdown(report, metrics, has_grid, has_pruned_grid, has_rho))
     return report
+
+
+def _gain(erm, retrained) -> float | None:
+    if erm is None or erm["worst_group_accuracy"] is None or retrained["worst_group_accuracy"] is None:
+        return None
+    return retrained["worst_group_accuracy"] - erm["worst_group_accuracy"]
+
+
+def _models(configs: dict, info: dict) -> dict:
+    """The models behind the report: the classifier, and the generation stages' models as
+    configured, or as the given augmented dataset records them (its ``generator`` column)."""
+    models = {"classifier": configs["classifier"].model_name}
+    if "generators" in info:
+        models["inpainting"] = {"generators": info["generators"] or UNKNOWN}
+        models["masking"] = models["textual_inversion"] = UNKNOWN
+        return models
+    models["inpainting"] = {"backend": configs["inpainting"].backend, "id": configs["inpainting"].model_id,
+                            "revision": configs["inpainting"].revision}
+    models["masking"] = {"backend": configs["masking"].backend, "detector": configs["masking"].detector_id,
+                         "segmenter": configs["masking"].segmenter_id}
+    models["textual_inversion"] = {"id": configs["textual_inversion"].model_id,
+                                   "revision": configs["textual_inversion"].revision}
+    return models
 
 
 def _cached_picture(path: Path, fingerprint: str | None, draw) -> bool:
@@ -151,6 +253,13 @@ def _cached_picture(path: Path, fingerprint: str | None, draw) -> bool:
     return True
 
 
+def _thresholds(values) -> str:
+    """Per-class thresholds as text, "unknown" where the run does not know them."""
+    if values is None or values == UNKNOWN:
+        return UNKNOWN
+    return "[" + ", ".join(UNKNOWN if v is None else str(v) for v in values) + "]"
+
+
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
@@ -169,19 +278,21 @@ def _accounting_markdown(accounting: dict) -> list[str]:
     return lines
 
 
-def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool = False) -> str:
+def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool = False, has_rho: bool = False) -> str:
     lines = [
         "# dbb_hf run report",
         "",
         "| model | test worst-group acc. | test average acc. | test weighted avg. | validation worst-group acc. |",
         "|---|---|---|---|---|",
     ]
-    for name in ("erm", "retrained"):
+    names = [name for name in ("erm", "retrained") if name in metrics]
+    for name in names:
         t, v = report[name], report["validation"][name]
         lines.append(f"| {name} | {_pct(t['worst_group_accuracy'])} | {_pct(t['average_accuracy'])} "
                      f"| {_pct(t['weighted_average_accuracy'])} | {_pct(v['worst_group_accuracy'])} |")
-    lines += ["", f"Worst-group gain: {100 * report['gain_worst_group_accuracy']:+.1f} points.", ""]
-    for name in ("erm", "retrained"):
+    gain = report["gain_worst_group_accuracy"]
+    lines += ["", "Worst-group gain: " + ("n/a" if gain is None else f"{100 * gain:+.1f} points") + ".", ""]
+    for name in names:
         lines += [f"## {name}: test accuracy per group", "", format_group_table(metrics[name]["test"]), ""]
     if report["counts"]:
         lines += ["## Edits per direction", "", "| direction | selected | masked | generated | kept | pruned |",
@@ -189,11 +300,16 @@ def _markdown(report: dict, metrics: dict, has_grid: bool, has_pruned_grid: bool
         for direction, c in report["counts"].items():
             lines.append(f"| {direction} | {c['selected']} | {c['masked']} | {c['generated']} | {c['kept']} | {c['pruned']} |")
         lines.append("")
-    lines += [f"Psi (per source class): {report['Psi']}; P (per target class): {report['P']}", ""]
+    lines += [f"Psi (per source class): {_thresholds(report['Psi'])}; P (per target class): "
+              f"{_thresholds(report['P'])} (from {report['thresholds_from']})", ""]
     lines += _revisions_markdown(report.get("resolved_revisions") or {})
     lines += _accounting_markdown(report.get("accounting") or {})
     if report.get("pruning"):
         lines += _pruning_markdown(report["pruning"], has_pruned_grid)
+    if has_rho:
+        lines += ["## rho of the kept and the pruned edits", "",
+                  "Histograms per direction (the paper chose P from IG scores of generated samples; the dashed "
+                  "line is P). The bins are in report.json (`rho_histograms`).", "", "![rho](rho.png)", ""]
     lines += ["## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["timings_seconds"].items()]
     if report["reused_stages"]:

@@ -378,6 +378,16 @@ def replace_folder(tmp: str | os.PathLike, stage_dir: str | os.PathLike) -> None
     shutil.rmtree(old, ignore_errors=True)
 
 
+def save_to_disk(dataset: Dataset | DatasetDict, path: str | os.PathLike) -> None:
+    """``dataset.save_to_disk(path)``, loadable back with ``load_from_disk`` even with an empty split."""
+    if isinstance(dataset, DatasetDict):
+        # datasets writes no shard for an empty split and then cannot load it back
+        # (huggingface/datasets#8385): ask for one shard explicitly.
+        dataset.save_to_disk(path, num_shards={name: 1 for name, split in dataset.items() if len(split) == 0})
+    else:
+        dataset.save_to_disk(path)
+
+
 def save_stage_output(stage_dir: str | os.PathLike, dataset, fingerprint: str, info: dict | None = None) -> None:
     """Save a finished stage's dataset as ``stage_dir`` itself (``load_from_disk(stage_dir)``).
 
@@ -389,11 +399,6 @@ def save_stage_output(stage_dir: str | os.PathLike, dataset, fingerprint: str, i
     stage_dir = Path(stage_dir)
     tmp = _temporary(stage_dir)[0]
     shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(dataset, DatasetDict):
-        # datasets writes no shard for an empty split and then cannot load it back
-        # (huggingface/datasets#8385): ask for one shard explicitly.
-        dataset.save_to_disk(tmp, num_shards={name: 1 for name, split in dataset.items() if len(split) == 0})
-    else:
-        dataset.save_to_disk(tmp)
+    save_to_disk(dataset, tmp)
     write_text_atomic(tmp / STAGE_INFO, json.dumps({"fingerprint": fingerprint, **(info or {})}, indent=2, default=str))
     replace_folder(tmp, stage_dir)

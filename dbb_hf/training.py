@@ -12,8 +12,13 @@ c (0 when the batch holds none). For two classes, gamma_0 and gamma_1 are the pa
 gamma_1 (edits labelled with the first class, D'_i) and gamma_2 (D'_i').
 
 Model selection uses validation worst-group accuracy when the validation split has group
-labels and validation accuracy otherwise; the best model is saved in timm's Hub format
-(:func:`dbb_hf.modeling.save_classifier`), loadable without dbb_hf.
+labels and validation accuracy otherwise, or, without validation group labels (SubpopBench's
+"attribute no" setting), validation worst-class or average accuracy; the best model is saved
+in timm's Hub format (:func:`dbb_hf.modeling.save_classifier`), loadable without dbb_hf.
+
+The baselines (:mod:`dbb_hf.baselines`) run in this same loop through two hooks of
+:func:`train_classifier`: ``loss_fn`` replaces the loss (GroupDRO, group reweighting) and
+``sample_weights`` draws each epoch's samples with replacement (group-balanced upsampling).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +48,8 @@ from .stages import replace_folder, write_text_atomic
 
 
 REAL = -1  # the `direction` of a real training image
+SELECTION_METRICS = ("auto", "worst_group_accuracy", "worst_class_accuracy", "accuracy", "last")
+BATCH_COLUMNS = ("label", "group", "direction")  # the integer columns a training batch carries
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -100,7 +107,9 @@ class TrainingConfig:
     report_to: str = field(default="none", metadata={"help": "Tracker: none, tensorboard, wandb, all."})
     selection_metric: str = field(
         default="auto",
-        metadata={"help": "auto (worst-group accuracy when validation groups exist), worst_group_accuracy or accuracy."},
+        metadata={"help": "auto (worst-group accuracy when validation groups exist, else accuracy), "
+                  "worst_group_accuracy (uses validation group labels), worst_class_accuracy or accuracy (no "
+                  "group labels: SubpopBench's 'attribute no' setting), or last (the last epoch's model)."},
     )
     gammas: Optional[list[float]] = field(
         default=None,
@@ -113,7 +122,7 @@ class TrainingConfig:
             "lr_scheduler": ("cosine", "constant"),
             "augmentation": ("timm", "none"),
             "mixed_precision": CHOICES,
-            "selection_metric": ("auto", "worst_group_accuracy", "accuracy"),
+            "selection_metric": SELECTION_METRICS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -139,7 +148,7 @@ def dbb_loss(logits: torch.Tensor, labels: torch.Tensor, direction: torch.Tensor
 def _batch_transform(transform):
     def apply(batch):
         out = {"pixel_values": [transform(to_rgb(img)) for img in batch["image"]]}
-        for key in ("label", "group", "direction"):
+        for key in BATCH_COLUMNS:
             if key in batch:
                 out[key] = batch[key]
         return out
@@ -149,22 +158,48 @@ def _batch_transform(transform):
 
 def _collate(rows):
     batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows])}
-    for key in ("label", "group", "direction"):
+    for key in BATCH_COLUMNS:
         if key in rows[0]:
             batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)
     return batch
 
 
+class WeightedEpochSampler(torch.utils.data.Sampler):
+    """``len(weights)`` indices drawn with replacement in proportion to ``weights``, anew each epoch.
+
+    The draw of epoch e depends only on (seed, e) (Accelerate calls ``set_epoch``), so a run
+    resumed at epoch e draws what an uninterrupted one would.
+    """
+
+    def __init__(self, weights: Sequence[float], seed: int = 0):
+        self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        if self.weights.ndim != 1 or len(self.weights) == 0 or not bool(torch.isfinite(self.weights).all()) \
+                or bool((self.weights < 0).any()) or float(self.weights.sum()) <= 0:
+            raise ValueError("sample_weights must be a non-empty list of finite weights >= 0 with a positive sum")
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator).tolist()
+
+
 def make_loader(dataset: Dataset, transform, batch_size: int, *, shuffle: bool, num_workers: int, seed: int = 0,
-                drop_last: bool = False):
-    """A DataLoader that decodes and transforms images in its workers."""
-    columns = [c for c in ("image", "label", "group", "direction") if c in dataset.column_names]
+                drop_last: bool = False, sampler: torch.utils.data.Sampler | None = None):
+    """A DataLoader that decodes and transforms images in its workers (``sampler`` replaces ``shuffle``)."""
+    columns = [c for c in ("image", *BATCH_COLUMNS) if c in dataset.column_names]
     dataset = dataset.select_columns(columns).with_transform(_batch_transform(transform))
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         collate_fn=_collate,
         generator=generator,
@@ -232,11 +267,24 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def _selection_value(metrics: dict, config: TrainingConfig, has_groups: bool) -> float:
-    name = config.selection_metric
-    if name == "auto":
-        name = "worst_group_accuracy" if has_groups else "accuracy"
-    return metrics["worst_group_accuracy"] if name == "worst_group_accuracy" else metrics["average_accuracy"]
+def resolved_selection_metric(config: TrainingConfig, has_groups: bool) -> str:
+    """The criterion ``auto`` stands for: worst-group accuracy when validation has groups."""
+    if config.selection_metric == "auto":
+        return "worst_group_accuracy" if has_groups else "accuracy"
+    return config.selection_metric
+
+
+def _selection_value(metrics: dict, name: str, epoch: int) -> float:
+    if name == "last":
+        return float(epoch)
+    return metrics["average_accuracy" if name == "accuracy" else name]
+
+
+def worst_class_accuracy(predictions, labels) -> float:
+    """The lowest accuracy over the classes present: worst-group accuracy with groups = classes,
+    which needs no group labels (SubpopBench's ValWorstAccAttributeNo)."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    return float(min((predictions[labels == c] == c).mean() for c in np.unique(labels)))
 
 
 def train_group_counts_of(train: Dataset) -> list[int] | None:
@@ -260,6 +308,22 @@ def _lone_last_image(num_images: int, batch_size: int, model: torch.nn.Module) -
             "which BatchNorm cannot train on: it is left out of each epoch (another image each epoch)", stacklevel=3,
         )
     return lone
+
+
+def evaluate_models(model_dirs: dict[str, str], dataset, *, splits: Sequence[str] = ("validation", "test"),
+                    device=None, accelerator: Accelerator | None = None) -> dict:
+    """``{name: {split: metrics}}`` of each saved classifier (``{name: folder}``) on ``splits``,
+    the weighted average weighted by ``dataset["train"]``'s groups (as DFR / JTT). With
+    ``accelerator`` every process evaluates its share of the rows (``gather_for_metrics``)."""
+    from .modeling import load_classifier
+
+    train_counts = train_group_counts_of(dataset["train"])
+    metrics = {}
+    for name, model_dir in model_dirs.items():
+        model = load_classifier(model_dir, device=device)
+        metrics[name] = {split: evaluate_split(model, dataset[split], train_group_counts=train_counts,
+                                               accelerator=accelerator) for split in splits}
+    return metrics
 
 
 def _make_optimizer(model, config: TrainingConfig):
@@ -293,12 +357,20 @@ def train_classifier(
     synthetic: Dataset | None = None,
     init_model_dir: str | None = None,
     metadata: dict | None = None,
+    loss_fn: Callable[[torch.Tensor, dict], torch.Tensor] | None = None,
+    sample_weights: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train (ERM, or upweighted with ``synthetic``) and save the best model to ``output_dir/model``.
 
     ``init_model_dir`` starts from a saved classifier (the retraining starts from the ERM
     model when asked to). Rerunning with the same ``output_dir`` resumes from the latest
     epoch checkpoint; a finished run returns at once.
+
+    ``loss_fn(logits, batch)`` replaces Eq. 6-8's loss (``batch`` holds ``label``, ``group``
+    and ``direction``); one with ``state_dict``/``load_state_dict`` (GroupDRO's group
+    weights) is saved in the epoch checkpoints and restored on resume.
+    ``sample_weights`` (one per training row, real rows first, then synthetic) draws each
+    epoch's samples with replacement in proportion to them (:class:`WeightedEpochSampler`).
     """
     output_dir = Path(config.output_dir)
     model_dir = output_dir / "model"
@@ -328,10 +400,16 @@ def train_classifier(
         raise ValueError(f"gammas needs one value per class ({len(label_names)}), got {config.gammas}")
 
     train_set = with_directions(train, synthetic)
+    sampler = None
+    if sample_weights is not None:
+        if len(sample_weights) != len(train_set):
+            raise ValueError(f"sample_weights has {len(sample_weights)} values for {len(train_set)} training rows")
+        sampler = WeightedEpochSampler(sample_weights, seed=config.seed)
     transform = train_transform(model) if config.augmentation == "timm" else eval_transform(model)
     train_loader = make_loader(
         train_set, transform, config.train_batch_size, shuffle=True, num_workers=config.num_workers, seed=config.seed,
         drop_last=_lone_last_image(len(train_set), config.train_batch_size, model),
+        sampler=sampler,
     )
     val_loader = make_loader(validation, eval_transform(model), config.eval_batch_size, shuffle=False, num_workers=config.num_workers)
     optimizer = _make_optimizer(model, config)
@@ -346,7 +424,10 @@ def train_classifier(
     )
     precision.take_over(accelerator, model)
 
+    if loss_fn is not None and hasattr(loss_fn, "state_dict"):
+        accelerator.register_for_checkpointing(loss_fn)
     has_groups = "group" in validation.column_names and "spurious" in validation.features
+    selection_metric = resolved_selection_metric(config, has_groups)
     train_counts = train_group_counts_of(train)
     state = {"epoch": 0, "best_value": -1.0, "best_epoch": -1, "best_validation": {}, "history": []}
     latest = _latest_checkpoint(checkpoint_dir) if config.resume else None
@@ -369,7 +450,11 @@ def train_classifier(
             with accelerator.accumulate(model):
                 with precision.autocast():
                     logits = model(batch["pixel_values"])
-                loss = dbb_loss(logits.float(), batch["label"], batch["direction"], config.gammas)
+                logits = logits.float()
+                if loss_fn is None:
+                    loss = dbb_loss(logits, batch["label"], batch["direction"], config.gammas)
+                else:
+                    loss = loss_fn(logits, batch)
                 if not torch.isfinite(loss):
                     # Stop before the step: the weights, the saved model and the last
                     # epoch checkpoint stay as they were.
@@ -395,7 +480,8 @@ def train_classifier(
 
             names = group_names(validation.features)
         metrics = group_metrics(preds, labels, groups if has_groups else labels, group_names=names, train_group_counts=train_counts if has_groups else None)
-        value = _selection_value(metrics, config, has_groups)
+        metrics["worst_class_accuracy"] = worst_class_accuracy(preds, labels)
+        value = _selection_value(metrics, selection_metric, epoch + 1)
         record = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), **_scalars(metrics)}
         state["history"].append(record)
         accelerator.log({f"validation/{k}": v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
@@ -410,7 +496,8 @@ def train_classifier(
                     accelerator.unwrap_model(model),
                     str(new_model_dir),
                     label_names,
-                    metadata={**(metadata or {}), "best_epoch": epoch + 1, "validation": metrics, "training": asdict(config)},
+                    metadata={**(metadata or {}), "best_epoch": epoch + 1, "selection_metric": selection_metric,
+                              "validation": metrics, "training": asdict(config)},
                 )
                 replace_folder(new_model_dir, model_dir)
         state["epoch"] = epoch + 1

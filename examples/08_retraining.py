@@ -19,11 +19,11 @@ import os
 import tempfile
 from collections import Counter
 
+from dbb_hf.augmented import build_augmented
 from dbb_hf.data import load_benchmark
 from dbb_hf.inpainting import InpaintingConfig, prepare_donors, run_inpainting
 from dbb_hf.masking import MaskingConfig, run_masking
 from dbb_hf.modeling import ClassifierConfig, load_classifier
-from dbb_hf.pipeline import build_augmented
 from dbb_hf.pruning import PruningConfig, apply_thresholds, class_confidence, score_edits
 from dbb_hf.selection import SelectionConfig, score_dataset, select_lowest_loss
 from dbb_hf.training import TrainingConfig, evaluate_split, train_classifier
@@ -46,7 +46,7 @@ edits = run_inpainting(masked, InpaintingConfig(backend="compose"), donors=prepa
 pruning = PruningConfig(P=[0.0], n_steps=8, device="cpu")
 pruned = apply_thresholds(score_edits(edits, model, pruning, Psi=class_confidence(scored)), pruning.P)
 
-augmented = build_augmented(dataset, pruned)
+augmented = build_augmented(dataset, pruned, pruning.P)  # records the P each edit passed
 print(augmented)
 synthetic = augmented["synthetic"]
 print(f"synthetic: {len(synthetic)} kept edits of {len(pruned)}; (source_label, label) pairs:",

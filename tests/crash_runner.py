@@ -124,28 +124,27 @@ def _under(path, out: Path, prefix: str) -> bool:
     return relative == Path(prefix) or Path(prefix) in relative.parents
 
 
-def small_run_defaults(models_dir: str) -> dict:
-    """The toy benchmark, small, with the tiny preset's models: every stage in seconds."""
-    from dbb_hf.config import load_yaml, merge_sections
-    from dbb_hf.presets import DEMO_PRESET
-    from dbb_hf.recipes import tiny_overrides
+SMALL_RUN = {
+    "data": {"dataset": "toy", "options": ["num_train=64", "num_validation=16", "num_test=16", "correlation=0.9"]},
+    "erm": {"num_epochs": 2, "train_batch_size": 16, "eval_batch_size": 32, "lr_scheduler": "cosine"},
+    "retraining": {"num_epochs": 2, "train_batch_size": 16, "eval_batch_size": 32, "lr_scheduler": "cosine",
+                   "gammas": [1.0, 1.0]},
+    "selection": {"lowest_loss": "4"},
+    "textual_inversion": {"max_train_steps": 3},
+    "inpainting": {"batch_size": 2},
+    "masking": {"backend": "column", "mask_column": "mask", "batch_size": 2},
+    # P = 0 without the psi rule: the tiny models' edits are then part kept, part pruned.
+    "pruning": {"batch_size": 2, "internal_batch_size": 8, "psi_rule": False},
+    "run": {"shard_size": 4},
+}
 
-    training = {"num_epochs": 2, "train_batch_size": 16, "eval_batch_size": 32, "lr_scheduler": "cosine"}
-    return merge_sections(
-        merge_sections(load_yaml(DEMO_PRESET), tiny_overrides(models_dir)),
-        {
-            "data": {"dataset": "toy", "options": ["num_train=64", "num_validation=16", "num_test=16", "correlation=0.9"]},
-            "erm": training,
-            "retraining": {**training, "gammas": [1.0, 1.0]},
-            "selection": {"lowest_loss": "4"},
-            "textual_inversion": {"max_train_steps": 3},
-            "inpainting": {"batch_size": 2},
-            "masking": {"backend": "column", "mask_column": "mask", "batch_size": 2},
-            # P = 0 without the psi rule: the tiny models' edits are then part kept, part pruned.
-            "pruning": {"batch_size": 2, "internal_batch_size": 8, "psi_rule": False},
-            "run": {"shard_size": 4},
-        },
-    )
+
+def small_run_defaults(models_dir: str) -> dict:
+    """The toy benchmark, small, with the tiny preset's models (built once, under ``models_dir``):
+    every stage in seconds."""
+    from dbb_hf.config import resolve_layers
+
+    return resolve_layers(presets=["demo", "tiny"], overrides=[("crash runner", SMALL_RUN)], build_root=models_dir)
 
 
 def run_plan(models_dir: str, plan: list[dict]) -> list[int]:

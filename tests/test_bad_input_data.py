@@ -15,13 +15,14 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 
+from dbb_hf.augmented import build_augmented
 from dbb_hf.checks import check_classes_present
 from dbb_hf.config import DataConfig
 from dbb_hf.data import DatasetFormatError, load_benchmark
 from dbb_hf.data.toy import ToyConfig, load_toy
 from dbb_hf.hub_access import HubUnreachableError
 from dbb_hf.modeling import ClassifierConfig, create_classifier, save_classifier
-from dbb_hf.pipeline import SECTIONS, Pipeline, RunConfig, build_augmented
+from dbb_hf.pipeline import SECTIONS, Pipeline, RunConfig
 from dbb_hf.preflight import preflight
 from dbb_hf.pruning import apply_thresholds, class_confidence
 from dbb_hf.selection import SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion
@@ -74,7 +75,7 @@ def augmented_of(toy, targets=(1, 0, 1, 0)) -> DatasetDict:
                             "keep": [True] * len(idx)},
         batched=True, with_indices=True,
     )
-    return build_augmented(toy, edits)
+    return build_augmented(toy, edits, P=[0.0])
 
 
 def training_config(tmp_path, **overrides) -> TrainingConfig:

@@ -21,7 +21,7 @@ from datasets import Dataset, DatasetDict, Image as ImageFeature, load_from_disk
 
 import dbb_hf.pipeline as pipeline_module
 import dbb_hf.textual_inversion.train as ti_train
-from dbb_hf.config import DataConfig, merge_sections
+from dbb_hf.config import DataConfig, resolve_layers
 from dbb_hf.data.toy import LABEL_NAMES, ToyConfig, load_toy
 from dbb_hf.devices import TF32_VARIABLE, resolve_device, use_tf32
 from dbb_hf.images import keep_rows, verify_images
@@ -46,9 +46,10 @@ def toy():
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    from dbb_hf.recipes import build_tiny_models
+    from dbb_hf.presets import build_tiny_models
 
-    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+    # Where the tiny preset's builder keeps them for the run folder tiny_pipeline builds under.
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-root") / "tiny_models")
 
 
 def classifier(seed: int = 0):
@@ -138,10 +139,9 @@ def test_ig_passes_are_sized_from_free_memory_without_changing_the_scores(toy):
 
 
 def tiny_pipeline(tmp_path, tiny_models, **run) -> Pipeline:
-    from dbb_hf.recipes import tiny_overrides
-
-    sections = merge_sections(tiny_overrides(Path(tiny_models["text2img"]).parent), {
-        "run": {"class_prompts": ["flat bar", "upright bar"]}, "pruning": {"psi_rule": False, "P": [0.0]}})
+    sections = resolve_layers(presets=["tiny"], overrides=[{
+        "run": {"class_prompts": ["flat bar", "upright bar"]}, "pruning": {"psi_rule": False, "P": [0.0]}}],
+        build_root=Path(tiny_models["text2img"]).parents[1])
     configs = {name: cls(**sections.get(name, {})) for name, cls in SECTIONS.items()}
     run_config = RunConfig(**{**sections["run"], "output_dir": str(tmp_path / "run"), **run})
     return Pipeline(DataConfig(options=["num_train=21", "num_validation=13", "num_test=8", "seed=4"]),
@@ -189,7 +189,7 @@ def test_the_scores_stage_is_written_once_and_holds_only_the_scores(tmp_path, ti
         return save(self, path, *args, **kwargs)
 
     monkeypatch.setattr(Dataset, "save_to_disk", counting)
-    scored = run._scored("scores", toy["train"], classifier(), "erm-fingerprint")
+    scored = run.score_split("scores", toy["train"], classifier(), "erm-fingerprint")
     assert len(saved) == 1 and not (tmp_path / "run" / "scores" / "main").exists()
     # The stage keeps the scores only; the split's images are not copied into it.
     assert load_from_disk(str(tmp_path / "run" / "scores")).column_names == ["example_id", "erm_loss", "erm_probs"]

@@ -7,7 +7,6 @@ pushes go to a recording stand-in for ``HfApi``'s upload methods.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import shutil
@@ -36,6 +35,7 @@ from PIL import Image as PILImage
 
 from dbb_hf import hub
 from dbb_hf.augmented import load_augmented, unify_features
+from dbb_hf.cli import main
 from dbb_hf.data.common import DatasetFormatError
 from dbb_hf.data.toy import LABEL_NAMES, SPURIOUS_NAMES, ToyConfig, load_toy, render
 from dbb_hf.modeling import ClassifierConfig, create_classifier, load_classifier, save_classifier
@@ -537,9 +537,7 @@ def test_base_model_is_the_pretrained_timm_hub_id(run_dir, tmp_path):
 
 def test_minimal_run_publishes_with_na_and_without_tokens(minimal_run_dir, tmp_path, capsys):
     assert hub.repo_ids(hub.read_run(minimal_run_dir), "me") == {"dataset": "me/toy-dbb", "model": "me/toy-dbb-test_resnet"}
-    parser = hub.add_push_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["--run_dir", str(minimal_run_dir), "--to_folder", str(tmp_path / "out")])
-    assert hub.push_main(args) == 0
+    assert main(["push", "--output_dir", str(minimal_run_dir), "--to_folder", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dataset", "model"]
     assert "dataset: " in capsys.readouterr().out
     dataset_card = (tmp_path / "out" / "dataset" / "README.md").read_text()

@@ -167,6 +167,21 @@ def test_rho_and_psi_match_the_closed_form_of_a_linear_model(ig_target):
         assert out["psi"][k] == pytest.approx(float(probs[row["label"]]), abs=1e-6)
 
 
+def test_rho_mean_is_the_sum_per_mask_pixel():
+    model = linear_model()
+    data = edit_rows(n=4, missing=(1,))
+    summed = score_batch(data[:], model=model, config=PruningConfig(n_steps=8, batch_size=4), Psi=PSI)
+    mean = score_batch(data[:], model=model, config=PruningConfig(n_steps=8, batch_size=4, rho="mean"), Psi=PSI)
+    for k in (0, 2, 3):
+        pixels = int((np.asarray(geometric_transform(model, nearest=True)(data[k]["generated_mask"])) > 127).sum())
+        assert pixels > 0
+        assert mean["rho"][k] == pytest.approx(summed["rho"][k] / pixels, rel=1e-5)
+        assert mean["psi"][k] == summed["psi"][k]  # psi does not depend on the reduction
+    assert PruningConfig().scoring_settings() != PruningConfig(rho="mean").scoring_settings()  # new cache key
+    with pytest.raises(ValueError, match="rho must be one of"):
+        PruningConfig(rho="max")
+
+
 def test_source_and_target_give_different_rho():
     model = linear_model()
     data = edit_rows(n=3, missing=())

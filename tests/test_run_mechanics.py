@@ -289,7 +289,7 @@ def test_default_models_are_pinned_and_classifier_weights_are_located():
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    from dbb_hf.recipes import build_tiny_models
+    from dbb_hf.presets import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
@@ -304,8 +304,6 @@ def folder_run(tmp_path_factory, tiny_models):
     with textual inversion from validation groups, per-class prompt words, and Hub ids for
     the masking and inpainting models (a hand-made Hub cache, offline)."""
     from dbb_hf.cli import run_pipeline
-    from dbb_hf.config import merge_sections
-    from dbb_hf.recipes import tiny_overrides
 
     root = tmp_path_factory.mktemp("folder-run")
     cache = root / "hub"
@@ -318,7 +316,8 @@ def folder_run(tmp_path_factory, tiny_models):
     data_dir = root / "data"
     train = datasets.concatenate_datasets([toy["train"], thin.cast(toy["train"].features)])
     DatasetDict({"train": train, "validation": toy["validation"], "test": toy["test"]}).save_to_disk(data_dir)
-    defaults = merge_sections(tiny_overrides(Path(tiny_models["text2img"]).parent), {
+    # The tiny preset, with the models of the fixture (the Hub cache above serves them by id).
+    overrides = {
         "data": {"dataset": "hub", "data_dir": str(data_dir),
                  "options": ["label_column=label", "spurious_column=spurious", "example_id_column=example_id"]},
         "run": {"class_prompts": CLASS_PROMPTS, "num_grid_examples": 2, "shard_size": 16},
@@ -326,8 +325,9 @@ def folder_run(tmp_path_factory, tiny_models):
         "masking": {"detector_id": "tiny-org/grounding-dino", "detector_revision": "main",
                     "segmenter_id": "tiny-org/sam", "segmenter_revision": "main", "batch_size": 4},
         "inpainting": {"model_id": "tiny-org/sd-inpaint", "revision": "main", "batch_size": 8},
+        "textual_inversion": {"model_id": tiny_models["text2img"]},
         "pruning": {"psi_rule": False, "P": [0.0]},
-    })
+    }
     out = root / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
@@ -336,7 +336,7 @@ def folder_run(tmp_path_factory, tiny_models):
         patch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            report = run_pipeline(["--output_dir", str(out)], defaults=defaults)
+            report = run_pipeline(["--output_dir", str(out)], presets=("tiny",), overrides=(overrides,))
     return {"out": out, "report": report, "warnings": [str(w.message) for w in caught], "models": tiny_models,
             "toy": toy}
 
@@ -441,8 +441,9 @@ def test_learn_tokens_command_names_tokens_after_classes_and_prompts_with_class_
     images = str(tmp_path / "images")
     toy["train"].select(range(4)).save_to_disk(images)
     main(["learn-tokens", "--input", images, "--output_dir", str(tmp_path / "tokens"), "--class_prompts", "bar", "bar",
-          "--model_id", tiny_models["text2img"], "--initializer_token", "bird", "--max_train_steps", "1",
-          "--resolution", "32", "--gradient_accumulation_steps", "1"])
+          "--textual_inversion_model_id", tiny_models["text2img"], "--textual_inversion_initializer_token", "bird",
+          "--textual_inversion_max_train_steps", "1", "--textual_inversion_resolution", "32",
+          "--textual_inversion_gradient_accumulation_steps", "1"])
     _, info = read_embeds(tmp_path / "tokens")
     assert {token: entry["prompt_name"] for token, entry in info.items()} == {
         "<dbb-horizontal_bar>": "bar", "<dbb-vertical_bar>": "bar"}

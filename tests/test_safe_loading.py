@@ -213,8 +213,8 @@ def tokened_run(tmp_path_factory):
          "--retraining_num_epochs", "1", "--erm_report_to", "tensorboard",
          # Keep every edit, so that the push has a synthetic split to publish.
          "--pruning_psi_rule", "false", "--pruning_P=-1e9"],
-        [sys.executable, "-m", "dbb_hf.cli", "push", "--run_dir", str(out), "--to_folder", str(out / "hub"),
-         "--namespace", "me"],
+        [sys.executable, "-m", "dbb_hf.cli", "push", "--output_dir", str(out), "--to_folder", str(out / "hub"),
+         "--hub_namespace", "me"],
     ]  # fmt: skip
     logs = []
     for command in commands:

@@ -39,12 +39,10 @@ from .folders import (
 from .push import (
     ARTIFACTS,
     Artifact,
-    add_push_arguments,
     assert_token_free,
     publish_run,
     push_dataset,
     push_embeddings,
-    push_main,
     push_model,
     repo_url,
 )
@@ -69,7 +67,6 @@ __all__ = [
     "Artifact",
     "Run",
     "SourceDataset",
-    "add_push_arguments",
     "assert_token_free",
     "cards_dir",
     "dataset_card",
@@ -79,7 +76,6 @@ __all__ = [
     "publish_run",
     "push_dataset",
     "push_embeddings",
-    "push_main",
     "push_model",
     "read_run",
     "read_tokens",

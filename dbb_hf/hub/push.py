@@ -9,7 +9,6 @@ twin is scanned for the token's value and the upload refused if it occurs.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from dataclasses import dataclass
@@ -150,26 +149,3 @@ def repo_url(kind: str, repo_id: str) -> str:
     prefix = "datasets/" if ARTIFACTS[kind].repo_type == "dataset" else ""
     return f"https://huggingface.co/{prefix}{repo_id}"
 
-
-def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of ``dbb-hf push``. No token flag: tokens in command lines end up in shell histories."""
-    parser.add_argument("--run_dir", required=True, help="Folder of a finished run.")
-    parser.add_argument("--namespace", default=None, help="Hub user or organisation of the repositories.")
-    parser.add_argument(
-        "--to_folder",
-        default=None,
-        help="Write the repositories' folders here instead of pushing (with --namespace: cards link the final ids).",
-    )
-    parser.add_argument("--private", action="store_true", help="Create the repositories as private.")
-    parser.add_argument("--name_prefix", default=None, help="Repository name prefix (default: the dataset name).")
-    return parser
-
-
-def push_main(args: argparse.Namespace) -> int:
-    """Run ``dbb-hf push``; the token comes from HF_TOKEN or ``hf auth login``."""
-    published = publish_run(
-        args.run_dir, namespace=args.namespace, to_folder=args.to_folder, private=args.private, name_prefix=args.name_prefix
-    )
-    for kind, where in published.items():
-        print(f"{kind}: {where if args.to_folder is not None else repo_url(kind, where)}")
-    return 0
