@@ -1,10 +1,14 @@
 """Full-size dry run: every default model at its real architecture, through the recipe's code.
 
-Builds SD 2 base (textual inversion), SD 2 inpainting, GroundingDINO-base, SAM 2.1
-hiera-small and ResNet-50 from the configs kept in the package (``dbb_hf.full_size``:
-the published config values, synthetic tokenizers with the real vocabulary sizes) with
-random weights, saves them in the Hub's layout, loads them through dbb_hf's own loaders
-and runs the stages the recipes run on ``--images`` real CelebA faces:
+The stage configs are the CelebA recipe's (``recipes/celeba.yaml``) under the
+``full_size_random`` preset, read by ``dbb_hf.config.resolve_layers`` as every recipe
+reads them: its builder makes SD 2 base (textual inversion), SD 2 inpainting,
+GroundingDINO-base, SAM 2.1 hiera-small from the configs kept in the package
+(``dbb_hf.full_size``: the published config values, synthetic tokenizers with the real
+vocabulary sizes) with random weights in the Hub's layout, and the classifier is the
+recipe's ResNet-50 with random weights. dbb_hf's own loaders read them and the stages
+the recipes run go over ``--images`` real CelebA faces (only ``--steps`` and
+``--ig-steps`` shorten the recipe's values):
 
 - masking: ``load_masking_models`` + ``run_masking`` (GroundingDINO at its own 800 px
   shortest edge, SAM 2.1 at 1024 px; the prompt "hair.", box and text thresholds 0 so
@@ -30,7 +34,7 @@ steps/s and peak GPU memory.
     python benchmarks/full_size_dry_run.py --data_dir ../shared/data/celeba-mini --images 2 --steps 1
     python benchmarks/full_size_dry_run.py --device cuda --images 16 --steps 50 --json full_size.json
 
-``--models DIR`` keeps the built models (about 12 GB) for the next run.
+``--models DIR`` keeps the built models (about 12 GB, in ``DIR/full_size_models``) for the next run.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ from PIL import Image
 from _common import FlopCounter, base_parser, print_machine
 
 STAGES = ("masking", "textual_inversion", "inpainting", "pruning")
-CLASS_PROMPTS = ["hair", "hair"]  # recipes/celeba.yaml: run.class_prompts
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "celeba.yaml"
+PRESET = "full_size_random"
 # Dense bf16 tensor-core peaks (vendors' data sheets, TFLOP/s) for the projection.
 PEAKS = {"H100 SXM": 989.0, "A100": 312.0}
 FRACTIONS = (0.22, 0.4, 0.55)  # 0.22: what the paper's A100 rate implies (1.29 s per edit)
@@ -74,7 +79,8 @@ def parse_args():
     parser.add_argument("--attention", default=None, help="InpaintingConfig.attention (default: the config's)")
     parser.add_argument("--scheduler", default=None, help="InpaintingConfig.scheduler (default: the model's own)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
-    parser.add_argument("--models", default=None, help="folder for the built models (kept; default: a temporary one)")
+    parser.add_argument("--models", default=None,
+                        help="folder whose full_size_models/ keeps the built models (default: a temporary one)")
     parser.add_argument("--json", default=None, help="write the per-stage figures to this file")
     parser.set_defaults(threads=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     args = parser.parse_args()
@@ -228,27 +234,32 @@ def stand_in_edits(masked):
 # ----------------------------------------------------------------------------- stages
 
 
-def run_masking_stage(measured: Stage, faces, paths, work: Path, device, context) -> None:
+def stage_config(cls, sections: dict, section: str, **changes):
+    """``cls`` with the recipe's and the preset's ``section``, then ``changes``."""
+    return cls(**{**sections.get(section, {}), **changes})
+
+
+def run_masking_stage(measured: Stage, faces, sections, work: Path, device, context) -> None:
     from dbb_hf.masking import MaskingConfig, load_masking_models, run_masking
     from dbb_hf.stages import ShardPlan
 
-    config = MaskingConfig(detector_id=paths["detector"], segmenter_id=paths["segmenter"],
-                           box_threshold=0.0, text_threshold=0.0)
+    config = stage_config(MaskingConfig, sections, "masking")
     models = measured.load(load_masking_models, config, device)
     measured.figures["params"] = params(models.detector, models.segmenter)
-    masked = measured.run(run_masking, faces, config, class_names=CLASS_PROMPTS, models=models,
+    masked = measured.run(run_masking, faces, config, class_names=context["prompts"], models=models,
                           output_dir=work / "masks", shards=ShardPlan(shard_size=64))
     measured.figures["statuses"] = sorted(set(masked["mask_status"]))
     context["masked"], measured.figures["stand_in_masks"] = usable_masks(masked)
     measured.figures["tflop_per_image"] = measured.figures["tflop"] / len(faces)
 
 
-def run_textual_inversion_stage(measured: Stage, faces, paths, work: Path, device, context, args) -> None:
+def run_textual_inversion_stage(measured: Stage, faces, sections, work: Path, device, context, args) -> None:
     import dbb_hf.textual_inversion.train as training
     from dbb_hf.textual_inversion import TextualInversionConfig, learn_tokens
 
-    config = TextualInversionConfig(model_id=paths["text2img"], max_train_steps=args.steps,
-                                    checkpointing_steps=args.steps, mixed_precision=args.ti_precision)
+    recipe = stage_config(TextualInversionConfig, sections, "textual_inversion")
+    config = dataclasses.replace(recipe, max_train_steps=args.steps, checkpointing_steps=args.steps,
+                                 mixed_precision=args.ti_precision)
     original = training.load_components
     loaded = {}
 
@@ -261,7 +272,8 @@ def run_textual_inversion_stage(measured: Stage, faces, paths, work: Path, devic
     try:
         names = faces.features["label"].names
         per_class = {c: faces.select_columns(["image"]) for c in range(len(names))}
-        tokens = measured.run(learn_tokens, per_class, names, config, str(work / "tokens"), prompt_name=CLASS_PROMPTS)
+        tokens = measured.run(learn_tokens, per_class, names, config, str(work / "tokens"),
+                              prompt_name=context["prompts"])
     finally:
         training.load_components = original
     steps = len(names) * args.steps
@@ -270,7 +282,8 @@ def run_textual_inversion_stage(measured: Stage, faces, paths, work: Path, devic
     measured.figures["micro_batches_per_step"] = config.gradient_accumulation_steps * config.train_batch_size
     measured.figures["tflop_per_step"] = measured.figures["tflop"] / steps
     measured.figures["tflop_per_class_at_defaults"] = (
-        measured.figures["tflop_per_step"] * TextualInversionConfig().max_train_steps)
+        measured.figures["tflop_per_step"] * recipe.max_train_steps)
+    measured.figures["recipe_steps_per_class"] = recipe.max_train_steps
     measured.figures["steps_per_s"] = steps / max(measured.figures["seconds"] - measured.figures["load_seconds"], 1e-9)
     measured.figures["precision"] = args.ti_precision
     context["tokens"] = [tokens[c] for c in range(len(names))]
@@ -284,14 +297,14 @@ def _denoising_calls(scheduler, steps: int) -> int:
     return len(scheduler.timesteps)
 
 
-def run_inpainting_stage(measured: Stage, paths, work: Path, device, context, args) -> None:
+def run_inpainting_stage(measured: Stage, sections, work: Path, device, context, args) -> None:
     from dbb_hf.inpainting import InpaintingConfig, load_inpainting_pipeline, run_inpainting
     from dbb_hf.stages import ShardPlan
     from dbb_hf.textual_inversion import load_tokens
 
     overrides = {k: v for k, v in (("attention", args.attention), ("scheduler", args.scheduler)) if v is not None}
-    config = InpaintingConfig(model_id=paths["inpaint"], num_inference_steps=args.steps,
-                              torch_dtype=args.inpainting_dtype, **overrides)
+    recipe = stage_config(InpaintingConfig, sections, "inpainting", **overrides)
+    config = dataclasses.replace(recipe, num_inference_steps=args.steps, torch_dtype=args.inpainting_dtype)
     pipe = measured.load(load_inpainting_pipeline, config, device)
     measured.figures["params"] = params(pipe.unet, pipe.vae, pipe.text_encoder)
     measured.figures["dtype"] = str(pipe.unet.dtype)
@@ -301,12 +314,12 @@ def run_inpainting_stage(measured: Stage, paths, work: Path, device, context, ar
     if tokens is not None:
         measured.load(load_tokens, pipe, context["tokens_dir"])
     else:
-        tokens = CLASS_PROMPTS  # textual inversion failed: the plain word stands in for the token
+        tokens = context["prompts"]  # textual inversion failed: the plain word stands in for the token
     masked = context["masked"]
     calls = []
     hooks = [pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1)), *measured.counter.scope("unet", pipe.unet)]
     try:
-        generated = measured.run(run_inpainting, masked, config, pipe=pipe, class_names=CLASS_PROMPTS, tokens=tokens,
+        generated = measured.run(run_inpainting, masked, config, pipe=pipe, class_names=context["prompts"], tokens=tokens,
                                  output_dir=work / "generation", shards=ShardPlan(shard_size=64))
     finally:
         for hook in hooks:
@@ -315,7 +328,7 @@ def run_inpainting_stage(measured: Stage, paths, work: Path, device, context, ar
     unet = measured.counter.scoped["unet"] / 1e12
     batches = -(-edited // config.batch_size)
     per_call = len(calls) // max(batches, 1)
-    at_defaults = _denoising_calls(pipe.scheduler, InpaintingConfig().num_inference_steps)
+    at_defaults = _denoising_calls(pipe.scheduler, recipe.num_inference_steps)
     rest = measured.figures["tflop"] - unet
     measured.figures.update({
         "edited": edited, "statuses": sorted(set(generated["generation_status"])),
@@ -328,8 +341,7 @@ def run_inpainting_stage(measured: Stage, paths, work: Path, device, context, ar
     context["generated"] = generated
 
 
-def run_pruning_stage(measured: Stage, work: Path, device, context, args) -> None:
-    from dbb_hf.full_size import configs
+def run_pruning_stage(measured: Stage, sections, work: Path, device, context, args) -> None:
     from dbb_hf.modeling import ClassifierConfig, create_classifier, load_classifier, save_classifier
     from dbb_hf.pruning import PruningConfig, apply_thresholds, score_edits, sized_for
     from dbb_hf.stages import ShardPlan
@@ -338,13 +350,13 @@ def run_pruning_stage(measured: Stage, work: Path, device, context, args) -> Non
 
     def build_and_load():
         torch.manual_seed(args.seed)
-        created = create_classifier(ClassifierConfig(**configs.CLASSIFIER, pretrained=False), num_classes=len(names))
+        created = create_classifier(stage_config(ClassifierConfig, sections, "classifier"), num_classes=len(names))
         save_classifier(created, str(work / "classifier"), names)
         return load_classifier(str(work / "classifier"), device=device)
 
     model = measured.load(build_and_load)
     measured.figures["params"] = params(model)
-    defaults = PruningConfig()
+    defaults = stage_config(PruningConfig, sections, "pruning")
     config = dataclasses.replace(defaults, n_steps=args.ig_steps or defaults.n_steps, device=str(device))
     edits = context["generated"]
     pruned = measured.run(
@@ -376,8 +388,8 @@ def main() -> int:
         return 0
     torch.set_num_threads(args.threads)
     print_machine("full-size dry run: every default model at its real architecture, random weights", vars(args))
+    from dbb_hf.config import resolve_layers
     from dbb_hf.devices import use_tf32
-    from dbb_hf.full_size import build_full_size_models
 
     use_tf32(device)
     results: dict = {}
@@ -385,27 +397,31 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="full-size-") as tmp:
         work = Path(tmp)
         start = time.perf_counter()
-        paths = build_full_size_models(args.models or work / "models", seed=args.seed)
-        print(json.dumps({"built_models_seconds": round(time.perf_counter() - start, 1), "paths": paths}), flush=True)
+        # The recipe's YAML under the preset, its models built (once) under the folder.
+        sections = resolve_layers([RECIPE], presets=[PRESET], build_root=args.models or work)
+        models = {f"{s}.{k}": sections[s][k] for s, k in (("textual_inversion", "model_id"), ("inpainting", "model_id"),
+                                                      ("masking", "detector_id"), ("masking", "segmenter_id"))}
+        print(json.dumps({"built_models_seconds": round(time.perf_counter() - start, 1), "models": models}), flush=True)
         faces = real_faces(args.data_dir, args.images)
         context["names"] = faces.features["label"].names
+        context["prompts"] = sections["run"]["class_prompts"]
         if "masking" in args.stages:
             with stage("masking", device, results) as measured:
-                run_masking_stage(measured, faces, paths, work, device, context)
+                run_masking_stage(measured, faces, sections, work, device, context)
         if "masked" not in context:
             context["masked"] = usable_masks(faces.add_column("mask", [None] * len(faces)).add_column(
                 "mask_status", ["stand-in"] * len(faces)))[0]
         if "textual_inversion" in args.stages:
             with stage("textual_inversion", device, results) as measured:
-                run_textual_inversion_stage(measured, faces, paths, work, device, context, args)
+                run_textual_inversion_stage(measured, faces, sections, work, device, context, args)
         if "inpainting" in args.stages:
             with stage("inpainting", device, results) as measured:
-                run_inpainting_stage(measured, paths, work, device, context, args)
+                run_inpainting_stage(measured, sections, work, device, context, args)
         if "generated" not in context:
             context["generated"] = stand_in_edits(context["masked"])
         if "pruning" in args.stages:
             with stage("pruning", device, results) as measured:
-                run_pruning_stage(measured, work, device, context, args)
+                run_pruning_stage(measured, sections, work, device, context, args)
 
     per_edit = sum(results[s].get(key, 0.0) for s, key in (
         ("masking", "tflop_per_image"), ("inpainting", "tflop_per_edit_at_defaults"),
@@ -418,7 +434,8 @@ def main() -> int:
     if "textual_inversion" in results:
         ti = results["textual_inversion"]
         print(f"  textual inversion: {ti.get('tflop_per_step', 0.0):.2f} TFLOP per optimizer step, "
-              f"{ti.get('tflop_per_class_at_defaults', 0.0):.0f} TFLOP per class at 3000 steps (not per edit)")
+              f"{ti.get('tflop_per_class_at_defaults', 0.0):.0f} TFLOP per class at the recipe's "
+              f"{ti.get('recipe_steps_per_class', 0)} steps (not per edit)")
     if per_edit > 0:
         print("RESULT projected edits/s (masking + inpainting + IG) from the FLOPs alone:")
         print("\n".join(projections(per_edit)))

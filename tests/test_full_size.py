@@ -65,6 +65,52 @@ def test_synthetic_tokenizers_have_the_real_vocabulary_sizes(tmp_path):
     assert len(bert) == 30_522 and bert.tokenize("hair.") == ["hair", "."]
 
 
+@pytest.mark.parametrize("recipe", ["celeba", "waterbirds", "metashift"])
+def test_any_recipe_takes_the_full_size_random_preset_and_keeps_its_own_settings(recipe, tmp_path):
+    """What `python recipes/<recipe>.py --preset full_size_random --data_dir DIR` resolves:
+    the models are the builder's, everything else the recipe's (the build itself is the slow test)."""
+    from dbb_hf.cli import DATA
+    from dbb_hf.config import load_yaml, resolve_configs
+    from dbb_hf.pipeline import SECTIONS, RunConfig
+    from dbb_hf.presets import Placeholder
+
+    yaml_path = REPO / "recipes" / f"{recipe}.yaml"
+    data, run, cfg = resolve_configs(
+        SECTIONS, [DATA, ("run", RunConfig)],
+        ["--preset", "full_size_random", "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "run")],
+        layers=[yaml_path], build=False,
+    )
+    assert cfg["textual_inversion"].model_id == Placeholder("<full_size:text2img>")
+    assert cfg["inpainting"].model_id == Placeholder("<full_size:inpaint>")
+    assert (cfg["masking"].detector_id, cfg["masking"].segmenter_id) == (
+        Placeholder("<full_size:detector>"), Placeholder("<full_size:segmenter>"))
+    assert cfg["inpainting"].backend == "diffusers" and cfg["masking"].backend == "grounded_sam"
+    assert cfg["classifier"].model_name == configs.CLASSIFIER["model_name"]
+    assert cfg["classifier"].pretrained is False
+    assert (cfg["masking"].box_threshold, cfg["masking"].text_threshold) == (0.0, 0.0)
+    own = load_yaml(yaml_path)
+    assert cfg["inpainting"].num_inference_steps == own["inpainting"]["num_inference_steps"] == 50
+    assert cfg["textual_inversion"].max_train_steps == own["textual_inversion"]["max_train_steps"]
+    assert cfg["selection"].lowest_loss == own["selection"]["lowest_loss"]
+    assert cfg["pruning"].P == own["pruning"]["P"] and cfg["retraining"].gammas == own["retraining"]["gammas"]
+    assert data.data_dir == str(tmp_path) and run.class_prompts == own["run"]["class_prompts"]
+
+
+def test_the_full_size_builder_saves_the_models_once_in_the_run_folder(tmp_path, monkeypatch):
+    import dbb_hf.full_size as full_size
+    from dbb_hf.config import resolve_layers
+
+    calls = []
+    monkeypatch.setattr(full_size, "build_full_size_models", lambda folder: calls.append(Path(folder)))
+    sections = resolve_layers([REPO / "recipes" / "celeba.yaml"], presets=["full_size_random"], build_root=tmp_path)
+    models = tmp_path / "full_size_models"
+    assert calls == [models]  # one build for the four placeholders
+    assert sections["textual_inversion"]["model_id"] == str(models / "text2img")
+    assert sections["inpainting"]["model_id"] == str(models / "inpaint")
+    assert (sections["masking"]["detector_id"], sections["masking"]["segmenter_id"]) == (
+        str(models / "detector"), str(models / "segmenter"))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
 @pytest.mark.skipif(os.environ.get("RUN_SLOW") != "1",

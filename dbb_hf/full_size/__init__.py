@@ -95,6 +95,14 @@ def save_sam2_1_hiera_small(path: str | os.PathLike, seed: int = 0) -> str:
     return str(path)
 
 
+ROLES = ("text2img", "inpaint", "detector", "segmenter")
+
+
+def model_paths(folder: str | os.PathLike) -> dict[str, str]:
+    """Where :func:`build_full_size_models` saves each model under ``folder``, by role."""
+    return {name: str(Path(folder) / name) for name in ROLES}
+
+
 def build_full_size_models(folder: str | os.PathLike, seed: int = 0) -> dict[str, str]:
     """Save every default model under ``folder`` (skipping those already there); their paths by role.
 
@@ -104,7 +112,7 @@ def build_full_size_models(folder: str | os.PathLike, seed: int = 0) -> dict[str
     ``pretrained=False``. About 12 GB of float32 weights on disk.
     """
     folder = Path(folder)
-    paths = {name: str(folder / name) for name in ("text2img", "inpaint", "detector", "segmenter")}
+    paths = model_paths(folder)
     steps = {
         "sd2": (("text2img", "inpaint"), lambda: save_sd2_pipelines(paths["text2img"], paths["inpaint"], seed)),
         "detector": (("detector",), lambda: save_grounding_dino_base(paths["detector"], seed)),

@@ -6,7 +6,10 @@ A preset is a YAML file in this folder, nested by section like a recipe's YAML:
   ``compose`` generator; ``demo_diffusion.yaml`` is what ``dbb-hf demo --generator
   diffusion`` changes on top of it;
 - ``tiny.yaml``: every model swapped for a tiny random one built offline, and short
-  trainings (``recipes/<dataset>.py --preset tiny``: the real code paths in seconds).
+  trainings (``recipes/<dataset>.py --preset tiny``: the real code paths in seconds);
+- ``full_size_random.yaml``: every default model at its real architecture with random
+  weights (:mod:`dbb_hf.full_size`), the recipe's settings unchanged: the real code path
+  at full size, for time, memory and FLOPs (``benchmarks/full_size_dry_run.py``).
 
 Every command, recipe and the Space read presets the same way
 (:func:`dbb_hf.config.resolve_configs`): ``--preset NAME [NAME ...]`` (a name here or the
@@ -201,6 +204,19 @@ def build_tiny_models(folder: str | os.PathLike) -> dict[str, str]:
                 done.touch()
     state.wait_for_everyone()
     return paths
+
+
+@builder("full_size")
+def build_full_size_random_models(folder: str | os.PathLike) -> dict[str, str]:
+    """Every default model at its real architecture with random weights (:mod:`dbb_hf.full_size`), saved once."""
+    from ..full_size import build_full_size_models, model_paths
+    from ..processes import process_state
+
+    state = process_state()
+    if state.is_main_process:
+        build_full_size_models(folder)  # skips the models already saved there
+    state.wait_for_everyone()
+    return model_paths(folder)
 
 
 def demo_preset(generator: str = DEFAULT_DEMO_GENERATOR) -> dict:
