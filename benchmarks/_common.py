@@ -54,6 +54,24 @@ def print_machine(title: str, settings: Mapping[str, Any] | None = None) -> None
         print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 
 
+def start_device(args, title: str, skip_note: str = "") -> torch.device | None:
+    """``args.device`` with ``args.threads`` set and the machine printed; None (after saying
+    so) when it names CUDA and there is none, so that a GPU benchmark is skipped, not failed."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"skipped: no CUDA device{skip_note}")
+        return None
+    torch.set_num_threads(args.threads)
+    print_machine(title, vars(args))
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer reads the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each variant (medians are reported)")

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _common import FlopCounter, base_parser, print_machine
+from _common import FlopCounter, base_parser, start_device, synchronize
 
 STAGES = ("masking", "textual_inversion", "inpainting", "pruning")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "celeba.yaml"
@@ -106,11 +106,6 @@ def params(*models) -> int:
     return int(sum(p.numel() for m in models for p in m.parameters()))
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -129,17 +124,17 @@ class Stage:
     def load(self, function, *args, **kwargs):
         start = time.perf_counter()
         result = function(*args, **kwargs)
-        sync(self.device)
+        synchronize(self.device)
         self.figures["load_seconds"] += time.perf_counter() - start
         return result
 
     def run(self, function, *args, **kwargs):
-        sync(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
         before = self.counter.total
         with self.counter:
             result = function(*args, **kwargs)
-        sync(self.device)
+        synchronize(self.device)
         self.figures["seconds"] += time.perf_counter() - start
         self.figures["tflop"] += (self.counter.total - before) / 1e12
         return result
@@ -382,12 +377,9 @@ def projections(per_edit: float) -> list[str]:
 
 def main() -> int:
     args = parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("skipped: --device cuda but no CUDA device")
+    device = start_device(args, "full-size dry run: every default model at its real architecture, random weights")
+    if device is None:
         return 0
-    torch.set_num_threads(args.threads)
-    print_machine("full-size dry run: every default model at its real architecture, random weights", vars(args))
     from dbb_hf.config import resolve_layers
     from dbb_hf.devices import use_tf32
 

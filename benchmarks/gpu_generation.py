@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _common import FlopCounter, base_parser, interleaved, print_machine
+from _common import FlopCounter, base_parser, interleaved, start_device, synchronize
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, in TFLOP/s,
 # matched against torch.cuda.get_device_name(); the first match wins.
@@ -109,22 +109,15 @@ def toy_batch(batch_size: int, resolution: int, seed: int) -> dict:
     }
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main():
     args = parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("skipped: no CUDA device (this benchmark needs a GPU; --device cpu only checks the code path)")
+    device = start_device(args, "GPU generation: full-size SD 2 inpainting, images/s and fraction of bf16 roofline",
+                          " (this benchmark needs a GPU; --device cpu only checks the code path)")
+    if device is None:
         return 0
-    torch.set_num_threads(args.threads)
     from dbb_hf.full_size import save_sd2_pipelines
     from dbb_hf.inpainting import InpaintingConfig, inpaint_batch, load_inpainting_pipeline, set_attention
 
-    print_machine("GPU generation: full-size SD 2 inpainting, images/s and fraction of bf16 roofline", vars(args))
     peak = peak_tflops(device, args.peak_tflops)
     class_names, tokens = ["horizontal bar", "vertical bar"], ["horizontal", "vertical"]
     with tempfile.TemporaryDirectory() as tmp:
