@@ -155,7 +155,8 @@ class FlopCounter:
     FlopCounterMode itself cannot run integrated gradients (its module tracker's backward
     hooks break captum's ``autograd.grad``), so this mode applies the same formula table
     (``FlopCounterMode().flop_registry``), plus one for the CPU's fused attention kernel,
-    which the table lacks (every attention layer would count 0 FLOPs on the CPU). FLOPs
+    which the table lacks (every attention layer would count 0 FLOPs on the CPU), and
+    decomposes the composite ops that inference mode leaves whole, as FlopCounterMode does. FLOPs
     spent inside a module given to :meth:`scope` are also summed under its name.
     """
 
@@ -173,8 +174,17 @@ class FlopCounter:
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 kwargs = kwargs or {}
-                out = func(*args, **kwargs)
                 formula = registry.get(func._overloadpacket)
+                if formula is None and func is not torch.ops.prim.device.default:
+                    # Under torch.inference_mode (masking, scoring) composite ops such as
+                    # linear, matmul, conv2d and einsum arrive whole, and the table has no
+                    # formula for them: run their decomposition here, so that its mm/bmm/
+                    # convolution parts are counted (as FlopCounterMode does).
+                    with self:
+                        out = func.decompose(*args, **kwargs)
+                    if out is not NotImplemented:
+                        return out
+                out = func(*args, **kwargs)
                 if formula is not None:
                     flops = formula(*args, **kwargs, out_val=out)
                     counter.total += flops

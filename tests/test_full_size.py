@@ -111,6 +111,22 @@ def test_the_full_size_builder_saves_the_models_once_in_the_run_folder(tmp_path,
         str(models / "detector"), str(models / "segmenter"))
 
 
+@pytest.mark.parametrize("mode", ["grad", "inference"])
+def test_the_dry_runs_flop_counter_counts_layers_in_inference_mode_too(mode, monkeypatch):
+    """Masking runs under torch.inference_mode, where linear and conv2d reach the counter whole:
+    their FLOPs must still be counted (2 x multiply-adds), as under autograd."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from _common import FlopCounter
+
+    torch.manual_seed(0)
+    linear, conv = torch.nn.Linear(64, 32), torch.nn.Conv2d(3, 8, 3)
+    rows, image = torch.randn(8, 64), torch.randn(1, 3, 10, 10)
+    with torch.inference_mode(mode == "inference"), FlopCounter() as counter:
+        linear(rows)
+        conv(image)
+    assert counter.total == 2 * 8 * 64 * 32 + 2 * (8 * 8 * 8) * (3 * 3 * 3)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
 @pytest.mark.skipif(os.environ.get("RUN_SLOW") != "1",
