@@ -54,6 +54,24 @@ def print_machine(title: str, settings: Mapping[str, Any] | None = None) -> None
         print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 
 
+def start_device(args, title: str, skip_note: str = "") -> torch.device | None:
+    """``args.device`` with ``args.threads`` set and the machine printed; None (after saying
+    so) when it names CUDA and there is none, so that a GPU benchmark is skipped, not failed."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"skipped: no CUDA device{skip_note}")
+        return None
+    torch.set_num_threads(args.threads)
+    print_machine(title, vars(args))
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer reads the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each variant (medians are reported)")
@@ -114,3 +132,77 @@ def finish(results: list[bool]) -> int:
     """Exit status: 0 when every verdict passed, 1 otherwise."""
     print("ALL PASS" if all(results) else f"{results.count(False)} of {len(results)} FAILED")
     return 0 if all(results) else 1
+
+
+# ------------------------------------------------------------------ FLOPs
+
+
+def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+class FlopCounter:
+    """FLOPs of every op under it, by the formulas of ``torch.utils.flop_counter``.
+
+    FlopCounterMode itself cannot run integrated gradients (its module tracker's backward
+    hooks break captum's ``autograd.grad``), so this mode applies the same formula table
+    (``FlopCounterMode().flop_registry``), plus one for the CPU's fused attention kernel,
+    which the table lacks (every attention layer would count 0 FLOPs on the CPU), and
+    decomposes the composite ops that inference mode leaves whole, as FlopCounterMode does. FLOPs
+    spent inside a module given to :meth:`scope` are also summed under its name.
+    """
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.flop_counter import FlopCounterMode, shape_wrapper
+
+        aten = torch.ops.aten
+        registry = dict(FlopCounterMode(display=False).flop_registry)
+        registry[aten._scaled_dot_product_flash_attention_for_cpu] = shape_wrapper(_cpu_sdpa)
+        registry[aten._scaled_dot_product_flash_attention_for_cpu_backward] = shape_wrapper(_cpu_sdpa_backward)
+        self.total, self.scoped, self._open = 0, {}, []
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                formula = registry.get(func._overloadpacket)
+                if formula is None and func is not torch.ops.prim.device.default:
+                    # Under torch.inference_mode (masking, scoring) composite ops such as
+                    # linear, matmul, conv2d and einsum arrive whole, and the table has no
+                    # formula for them: run their decomposition here, so that its mm/bmm/
+                    # convolution parts are counted (as FlopCounterMode does).
+                    with self:
+                        out = func.decompose(*args, **kwargs)
+                    if out is not NotImplemented:
+                        return out
+                out = func(*args, **kwargs)
+                if formula is not None:
+                    flops = formula(*args, **kwargs, out_val=out)
+                    counter.total += flops
+                    for name in counter._open:
+                        counter.scoped[name] = counter.scoped.get(name, 0) + flops
+                return out
+
+        self.mode = Mode()
+
+    def scope(self, name: str, module: torch.nn.Module):
+        """Also count the FLOPs of ``module``'s forward passes under ``name``; returns the hook handles."""
+        self.scoped.setdefault(name, 0)
+        return [module.register_forward_pre_hook(lambda *_: self._open.append(name)),
+                module.register_forward_hook(lambda *_: self._open.remove(name))]
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)

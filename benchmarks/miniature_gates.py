@@ -433,6 +433,8 @@ def main(argv=None) -> int:
     parser.add_argument("--num_images", type=int, default=None, help="Images edited per gate (toy 400, face 200).")
     parser.add_argument("--seed", type=int, default=None, help="Seed of the test images (not the prior's training seeds).")
     parser.add_argument("--steps", type=int, default=25, help="Denoising steps.")
+    parser.add_argument("--scheduler", default=None,
+                        help="A diffusers scheduler class (default: the prior's own, DPM-Solver++).")
     parser.add_argument("--guidance_scale", type=float, default=None, help="Default 7.5, dbb_hf's (InpaintingConfig).")
     parser.add_argument("--mask_dilation", type=int, default=1, help="Pixels the mask is grown by.")
     parser.add_argument("--ti_steps", type=int, default=300, help="Textual-inversion steps per token (gate B).")
@@ -462,7 +464,7 @@ def main(argv=None) -> int:
     prior = resolve_prior(args.prior, output_dir)
     results = {"prior": prior, "world": args.world,
                "command": "python benchmarks/miniature_gates.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               **{k: getattr(args, k) for k in ("seed", "steps", "guidance_scale", "mask_dilation", "ti_steps", "num_images")}}
+               **{k: getattr(args, k) for k in ("seed", "steps", "scheduler", "guidance_scale", "mask_dilation", "ti_steps", "num_images")}}
     if args.train_oracle:
         results["oracle_training"] = world.train_oracle(args.oracle)
         print("oracle:", json.dumps(results["oracle_training"], indent=1))
@@ -476,7 +478,8 @@ def main(argv=None) -> int:
     )
     results["base_rates"] = world.base_rates(oracle)
     config = InpaintingConfig(model_id=prior, resolution=world.resolution, num_inference_steps=args.steps,
-                              guidance_scale=args.guidance_scale, torch_dtype="float32", batch_size=32)
+                              guidance_scale=args.guidance_scale, torch_dtype="float32", batch_size=32,
+                              scheduler=args.scheduler)
     pipe = load_inpainting_pipeline(config, device="cpu")
     no_class = [world.object_word] * 2
     measured = {}

@@ -128,14 +128,12 @@ def verify_images(
         raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {policy!r}")
     if policy == "off":
         return dataset, []
-    dropped, kept = [], {}
+    dropped = []
     for split, data in dataset.items():
         bad = unreadable_rows(data, column, num_proc)
         ids = data.select([i for i, _ in bad])["example_id"] if bad and "example_id" in data.column_names else None
         for k, (i, reason) in enumerate(bad):
-            dropped.append({"split": split, "example_id": ids[k] if ids else f"row {i}", "reason": reason})
-        bad_rows = {i for i, _ in bad}
-        kept[split] = data.select([i for i in range(len(data)) if i not in bad_rows]) if bad else data
+            dropped.append({"split": split, "row": i, "example_id": ids[k] if ids else f"row {i}", "reason": reason})
     if dropped and policy == "error":
         quoted = "; ".join(f"{d['split']}/{d['example_id']}: {d['reason']}" for d in dropped[:QUOTED])
         raise DatasetFormatError(
@@ -143,4 +141,14 @@ def verify_images(
             f"{' ...' if len(dropped) > QUOTED else ''}. Replace or remove these files, or drop their rows "
             "(--bad_images drop; the report lists them)."
         )
-    return DatasetDict(kept), dropped
+    return keep_rows(dataset, dropped), dropped
+
+
+def keep_rows(dataset: DatasetDict, dropped: list[dict]) -> DatasetDict:
+    """``dataset`` without the rows :func:`verify_images` dropped (``{"split", "row", ...}``),
+    without decoding anything: another process applies the main process's verdict this way."""
+    kept = {}
+    for split, data in dataset.items():
+        bad_rows = {d["row"] for d in dropped if d["split"] == split}
+        kept[split] = data.select([i for i in range(len(data)) if i not in bad_rows]) if bad_rows else data
+    return DatasetDict(kept)

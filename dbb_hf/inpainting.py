@@ -28,6 +28,7 @@ compose also adds ``donor_example_id``. Skipped and failed rows are kept with
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from .stages import ImageGuard, ShardPlan, run_stage
 
 BACKENDS = ("diffusers", "compose")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+ATTENTION = ("sdpa", "eager", "xformers")
 OK = "ok"
 INPUT_COLUMNS = ("image", "mask", "target_label", "example_id")
 
@@ -94,11 +96,19 @@ class InpaintingConfig:
     )
     batch_size: int = field(default=8, metadata={"help": "Images per pipeline call."})
     seed: int = field(default=0, metadata={"help": "Base seed; each example's seed hashes it with the example's id."})
+    attention: str = field(
+        default="sdpa",
+        metadata={
+            "help": "Attention kernel of the UNet and VAE: sdpa (PyTorch's fused scaled_dot_product_attention, "
+            "flash or memory-efficient on a GPU), eager (diffusers' AttnProcessor: matmul, softmax, matmul, with "
+            "the full attention matrix in memory) or xformers (needs the xformers package)."
+        },
+    )
     attention_slicing: bool = field(
         default=False,
         metadata={
-            "help": "Compute attention in slices to save memory. Off by default: diffusers already uses PyTorch's "
-            "scaled-dot-product attention, which is memory-efficient, and slicing replaces it with a slower path."
+            "help": "Compute attention in slices to save memory (replaces the attention kernel). Off by default: "
+            "sdpa is already memory-efficient, and slicing is slower."
         },
     )
     compile_unet: bool = field(default=False, metadata={"help": "torch.compile the UNet (pays off on long GPU runs)."})
@@ -125,6 +135,11 @@ class InpaintingConfig:
                 raise ValueError(f"prompt_template {self.prompt_template!r} has no {placeholder} placeholder")
         if self.scheduler is not None:
             _scheduler_class(self.scheduler)
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {self.attention!r}")
+        if self.attention == "xformers" and importlib.util.find_spec("xformers") is None:
+            raise ValueError("attention 'xformers' needs the xformers package, which is not installed; "
+                             "'sdpa' (the default) is PyTorch's own fused attention")
 
 
 def _scheduler_class(name: str) -> type:
@@ -135,6 +150,18 @@ def _scheduler_class(name: str) -> type:
     if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
         raise ValueError(f"scheduler {name!r} is not a diffusers scheduler class (e.g. DPMSolverMultistepScheduler)")
     return cls
+
+
+def set_attention(pipe, attention: str) -> None:
+    """Give the pipeline's UNet and VAE the attention kernel ``attention`` (see InpaintingConfig)."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if attention == "xformers":
+        pipe.enable_xformers_memory_efficient_attention()
+        return
+    processor = AttnProcessor2_0 if attention == "sdpa" else AttnProcessor
+    for model in (pipe.unet, pipe.vae):
+        model.set_attn_processor(processor())
 
 
 def load_inpainting_pipeline(config: InpaintingConfig, device: str | torch.device | None = None):
@@ -154,6 +181,7 @@ def load_inpainting_pipeline(config: InpaintingConfig, device: str | torch.devic
         pipe.scheduler = _scheduler_class(config.scheduler).from_config(pipe.scheduler.config)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    set_attention(pipe, config.attention)
     if config.attention_slicing:
         pipe.enable_attention_slicing()
     if config.compile_unet:

@@ -6,8 +6,10 @@ everything it depends on (its config, the upstream stages' fingerprints, the dat
 config); a rerun reuses every stage whose fingerprint matches and redoes the rest. The
 long stages (masks, generation, pruning) write their output shard by shard, so a run
 killed in the middle resumes without redoing finished shards; training resumes from its
-epoch checkpoints. Under ``accelerate launch`` the sharded stages and training are split
-across processes; the other stages run on the main process.
+epoch checkpoints. Under ``accelerate launch`` the sharded stages, the ERM scoring, the
+evaluation and training are split across processes; the other stages (loading and checking
+the data, selection, the report) run on the main process while the others wait for its
+saved result (``run.process_group_timeout`` bounds that wait).
 """
 
 from __future__ import annotations
@@ -21,25 +23,27 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from accelerate import PartialState
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset, DatasetDict
 
 from . import __version__
 from .augmented import FORMAT_VERSION as AUGMENTED_FORMAT, build_augmented, thresholds
 from .config import DataConfig, to_yaml
+from .devices import release_memory, resolve_device
+from .images import keep_rows
 from .inpainting import InpaintingConfig, load_inpainting_pipeline, prepare_donors, run_inpainting
 from .masking import MaskingConfig, keep_source_mask, load_masking_models, run_masking
 from .modeling import ClassifierConfig, load_classifier
 from .precision import resolve_sections
+from .processes import DEFAULT_TIMEOUT_S, process_state
 from .preflight import preflight, resolve_class_prompts
 from .pruning import PruningConfig, apply_thresholds, class_confidence, score_edits
 from .revisions import pin, resolve_run
 from .run_lock import run_folder_lock
-from .selection import SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
+from .selection import ERM_FEATURES, SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
 from .accounting import account_stage, outcome_counts
 from .stages import (
-    STAGE_INFO, ShardPlan, finish_interrupted_save, load_stage_output, save_stage_output, source_signature,
-    stage_fingerprint, write_text_atomic,
+    STAGE_INFO, ShardPlan, finish_interrupted_save, join_columns, load_stage_output, save_stage_output,
+    source_signature, stage_fingerprint, write_text_atomic,
 )
 from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
 from .training import TrainingConfig, evaluate_models, train_classifier
@@ -67,10 +71,18 @@ class RunConfig:
     push_to_hub: bool = field(default=False, metadata={"help": "Push the augmented dataset, tokens and model at the end."})
     hub_namespace: Optional[str] = field(default=None, metadata={"help": "Hub user or organisation to push to."})
     hub_private: bool = field(default=False, metadata={"help": "Create private Hub repositories."})
+    process_group_timeout: int = field(
+        default=DEFAULT_TIMEOUT_S,
+        metadata={"help": "Seconds a process of an `accelerate launch` run waits for the others at a barrier "
+                  "(torch's default is 10 minutes for NCCL): while the main process loads and checks a "
+                  "CelebA-size dataset, writes the report or pushes to the Hub, the others wait."},
+    )
 
     def __post_init__(self):
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
+        if self.process_group_timeout < 1:
+            raise ValueError(f"process_group_timeout must be at least 1 second, got {self.process_group_timeout}")
         if self.push_to_hub and not self.hub_namespace:
             raise ValueError("push_to_hub needs hub_namespace")
 
@@ -101,15 +113,17 @@ class Pipeline:
         self.given_configs = self.configs  # self.configs gets each Hub model's commit (revisions.pin)
         self.revisions: dict[str, dict] = {}
         self.out = Path(run.output_dir)
-        self.state = PartialState()
-        self.device = run.device or str(self.state.device)
+        self.state = process_state(run.process_group_timeout)
+        self.device = str(resolve_device(run.device or self.state.device))
         self.timings: dict[str, float] = {}
         self.reused: list[str] = []
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _cached(self, stage: str, fingerprint: str, compute):
-        """The saved output of ``stage`` if its fingerprint matches, else ``compute(stage_dir)`` saved."""
+    def _cached(self, stage: str, fingerprint: str, compute, *, main_only: bool = False):
+        """The saved output of ``stage`` if its fingerprint matches, else ``compute(stage_dir)`` saved
+        once, by the main process, and read back by every process. ``main_only``: only the
+        main process computes; the others wait and read what it saved."""
         stage_dir = self.out / stage
         start = time.perf_counter()
         if self.state.is_main_process:
@@ -121,9 +135,11 @@ class Pipeline:
             self.timings[stage] = time.perf_counter() - start
             return found
         stage_dir.mkdir(parents=True, exist_ok=True)
-        result = compute(stage_dir)
+        result = compute(stage_dir) if self.state.is_main_process or not main_only else None
         if self.state.is_main_process:
             save_stage_output(stage_dir, result, fingerprint, {"seconds": time.perf_counter() - start})
+        del result
+        release_memory(self.device)  # the stage's models go before the next stage loads its own
         self.state.wait_for_everyone()
         self.timings[stage] = time.perf_counter() - start
         return load_stage_output(stage_dir, fingerprint)
@@ -146,13 +162,6 @@ class Pipeline:
     def _shards(self) -> ShardPlan:
         return ShardPlan.for_processes(self.run.shard_size, self.state)
 
-    def _main_only(self, stage_dir: Path, compute):
-        """Run ``compute`` on the main process; the others get its saved result."""
-        if self.state.is_main_process:
-            compute().save_to_disk(stage_dir / "main")
-        self.state.wait_for_everyone()
-        return load_from_disk(stage_dir / "main")
-
     # ------------------------------------------------------------------ stages
 
     def class_prompts(self, dataset: DatasetDict) -> list[str]:
@@ -171,18 +180,29 @@ class Pipeline:
         fp = stage_fingerprint("data", self.data, source)
         if self.data.dataset != "toy" and source is None:
             start = time.perf_counter()
-            dataset = self._load_checked(fp)
+            dataset = self._load_hub_dataset(fp)
             self.timings["data"] = time.perf_counter() - start
             return dataset, fp
-        return self._cached("data", fp, lambda stage_dir: self._load_checked(fp)), fp
+        # Decoding every image is the main process's work; the others read the saved stage.
+        return self._cached("data", fp, lambda stage_dir: self._load_checked(fp), main_only=True), fp
 
     def _load_checked(self, fingerprint: str) -> DatasetDict:
         """The data with every image decoded once: unreadable ones raise or are dropped
         (``data.bad_images``); the dropped rows are kept in ``dropped_images.json`` for the report."""
         dataset, dropped = self.data.load_checked()
-        if self.state.is_main_process:
-            write_text_atomic(self.out / DROPPED_IMAGES, json.dumps({"fingerprint": fingerprint, "rows": dropped}))
+        write_text_atomic(self.out / DROPPED_IMAGES, json.dumps({"fingerprint": fingerprint, "rows": dropped}))
         return dataset
+
+    def _load_hub_dataset(self, fingerprint: str) -> DatasetDict:
+        """A dataset not kept as a stage: the main process decodes and checks every image, the
+        others load it unchecked (no decoding) and drop the rows the main process dropped."""
+        if self.state.is_main_process:
+            dataset = self._load_checked(fingerprint)
+        self.state.wait_for_everyone()
+        if self.state.is_main_process:
+            return dataset
+        unchecked, _ = dataclasses.replace(self.data, bad_images="off").load_checked()
+        return keep_rows(unchecked, self.dropped_images(fingerprint))
 
     def dropped_images(self, fp_data: str) -> list[dict]:
         """The rows dropped when loading the data with fingerprint ``fp_data``."""
@@ -272,11 +292,19 @@ class Pipeline:
                         "model": model, "accounting": accounting}
 
     def score_split(self, stage: str, split: Dataset, model, fp_erm: str) -> Dataset:
-        """``split`` with the ERM model's per-image ``erm_loss`` and ``erm_probs`` (a stage)."""
-        return self._cached(
-            stage, stage_fingerprint(stage, {}, fp_erm),
-            lambda d: self._main_only(d, lambda: score_dataset(split, model, device=self.device, model_id=fp_erm)),
+        """``split`` with the ERM model's per-image ``erm_loss`` and ``erm_probs``; every process
+        scores its share of the rows. The stage keeps only the scores (and ``example_id``),
+        joined to the split's rows when read: a second copy of every training image is not written."""
+        columns = ["example_id", *ERM_FEATURES]
+        scores = self._cached(
+            stage, stage_fingerprint(stage, {"saved": columns}, fp_erm),
+            lambda d: score_dataset(split, model, device=self.device, model_id=fp_erm,
+                                    processes=self.state).select_columns(columns),
         )
+        if list(scores["example_id"]) != list(split["example_id"]):
+            raise ValueError(f"{self.out / stage} holds the scores of other rows than the split it scores; "
+                             "delete that folder to score again")
+        return join_columns(split, scores.remove_columns("example_id"))
 
     def _learn_tokens(self, validation, scored, prompts, fp_sel):
         cfg = self.configs
@@ -286,7 +314,7 @@ class Pipeline:
         )
         ti_rows = self._cached(
             "textual_inversion_images", fp,
-            lambda d: self._main_only(d, lambda: select_textual_inversion(scored, validation, cfg["selection"])),
+            lambda d: select_textual_inversion(scored, validation, cfg["selection"]), main_only=True,
         )
         per_class = {c: ti_rows.filter(lambda y: y == c, input_columns="label")["image"] for c in range(len(prompts))}
         start = time.perf_counter()
@@ -295,6 +323,7 @@ class Pipeline:
         # word per class as inpainting and masking do (class_prompts, else the class names).
         self._claim("tokens", fp)  # learn_tokens skips the classes already done in its folder
         tokens = learn_tokens(per_class, names, cfg["textual_inversion"], str(self.out / "tokens"), prompt_name=prompts)
+        release_memory(self.device)
         self.timings["tokens"] = time.perf_counter() - start
         return [tokens[c] for c in range(len(prompts))], fp
 
@@ -358,7 +387,7 @@ class Pipeline:
             pruned, info = self.generate(dataset, erm_dir, fp_erm)
             fp_aug = stage_fingerprint("augmented", info["fingerprint"], fp_data, AUGMENTED_FORMAT)
             P = self.configs["pruning"].P
-            augmented = self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned, P))
+            augmented = self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned, P), main_only=True)
         info["dropped_images"] = self.dropped_images(fp_data)
         retrained_dir, fp_retrained = self.retrain(augmented, erm_dir, fp_aug, fp_erm)
         fp_report = stage_fingerprint(
@@ -391,30 +420,39 @@ class Pipeline:
 
     def evaluate(self, dataset, erm_dir, retrained_dir, fingerprint: str) -> dict:
         """Validation and test metrics of both models, saved beside the report and reused
-        while the data and both models are unchanged (a rerun then skips evaluation)."""
+        while the data and both models are unchanged (a rerun then skips evaluation).
+
+        Every process evaluates its share of each split (``gather_for_metrics`` joins them);
+        the main process writes ``evaluation.json``.
+        """
+        from accelerate import Accelerator
+
         path = self.out / "evaluation.json"
         if path.exists():
             saved = json.loads(path.read_text())
             if saved.get("fingerprint") == fingerprint:
                 self.reused.append("evaluation")
                 return saved["metrics"]
-        metrics = evaluate_models({"erm": erm_dir, "retrained": retrained_dir}, dataset, device=self.device)
+        metrics = evaluate_models({"erm": erm_dir, "retrained": retrained_dir}, dataset, device=self.device,
+                                  accelerator=Accelerator())  # the run's processes and precision (dbb_hf.precision)
+        if not self.state.is_main_process:
+            return metrics
         write_text_atomic(path, json.dumps({"fingerprint": fingerprint, "metrics": metrics}, default=str))
         # Read back what was written, so a first run and a rerun report identical values.
         return json.loads(path.read_text())["metrics"]
 
     def report(self, dataset, augmented, pruned, erm_dir, retrained_dir, info, fingerprint: str) -> dict | None:
-        """Evaluate ERM and the retrained model, then write the report (main process only)."""
+        """Evaluate ERM and the retrained model (every process), then write the report (main process)."""
         from .report import write_report
 
         report = None
+        start = time.perf_counter()
+        metrics = self.evaluate(dataset, erm_dir, retrained_dir, fingerprint)
+        self.timings["evaluation"] = time.perf_counter() - start
         if self.state.is_main_process:
             # The classifier's pretrained weights were fetched by training, after config.yaml was written.
             self.revisions = resolve_run(self.run, self.configs, self.revisions)
             self._write_config()
-            start = time.perf_counter()
-            metrics = self.evaluate(dataset, erm_dir, retrained_dir, fingerprint)
-            self.timings["evaluation"] = time.perf_counter() - start
             report = write_report(
                 self.out, metrics=metrics, pruned=pruned, augmented=augmented, info=info,
                 configs=self.configs, data=self.data, timings=self.timings, reused=self.reused,

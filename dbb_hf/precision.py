@@ -23,6 +23,8 @@ from typing import Mapping
 
 import torch
 
+from .devices import use_tf32
+
 LAUNCHER = "launcher"
 CHOICES = (LAUNCHER, "no", "fp16", "bf16")
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -101,6 +103,7 @@ class StagePrecision:
 
 def stage_precision(accelerator, choice: str, what: str) -> StagePrecision:
     """The precision of stage ``what`` configured with ``choice``, beside ``accelerator``."""
+    use_tf32(accelerator.device)  # float32 work of a training stage on CUDA: TF32 tensor cores
     precision = accelerator.mixed_precision if choice == LAUNCHER else choice
     check_choice(precision)
     own = precision != accelerator.mixed_precision

@@ -37,9 +37,11 @@ model, so thresholds can be re-applied to a saved scored dataset (:func:`rethres
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -124,11 +126,13 @@ class PruningConfig:
         default=50, metadata={"help": "Integration steps of integrated gradients (captum's default; not in the paper)."}
     )
     method: str = field(default="gausslegendre", metadata={"help": f"IG quadrature, one of {IG_METHODS}."})
-    internal_batch_size: Optional[int] = field(
-        default=128,
+    internal_batch_size: Optional[str] = field(
+        default="auto",
         metadata={
             "help": "Images per forward/backward pass inside IG (rows x steps are split into chunks of this many); "
-            "bounds memory, larger is faster. Must be at least batch_size. None: all at once."
+            "bounds memory, larger is faster on a GPU. auto: as many as half the free memory of the classifier's "
+            "device holds, from the activations the classifier keeps per image (ResNet-50 at 224 px: about 0.1 GB "
+            "in float32, so 128 images need about 12 GB); a number (at least batch_size); none: all at once."
         },
     )
     batch_size: int = field(default=16, metadata={"help": "Edits scored per batched IG call."})
@@ -155,8 +159,9 @@ class PruningConfig:
             raise ValueError(f"ig_target must be one of {IG_TARGETS}, got {self.ig_target!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        self.internal_batch_size = _parse_internal_batch_size(self.internal_batch_size)
         # captum needs every row of the batch in each chunk of IG steps.
-        if self.internal_batch_size is not None and self.internal_batch_size < self.batch_size:
+        if isinstance(self.internal_batch_size, int) and self.internal_batch_size < self.batch_size:
             raise ValueError(
                 f"internal_batch_size ({self.internal_batch_size}) must be at least batch_size ({self.batch_size})"
             )
@@ -167,6 +172,96 @@ class PruningConfig:
         if self.rho != "sum":  # the scores of runs made before the option keep their fingerprint
             settings["rho"] = self.rho
         return settings
+
+
+def _parse_internal_batch_size(value) -> int | str | None:
+    """``"auto"``, None (``"none"``) or a positive count (also written as text, as flags give it)."""
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        count = value
+    elif isinstance(value, str) and value.strip().lower() in ("auto", "none"):
+        return None if value.strip().lower() == "none" else AUTO
+    elif isinstance(value, str) and value.strip().isdigit():
+        count = int(value)
+    else:
+        raise ValueError(f"internal_batch_size must be 'auto', 'none' or a number of images, got {value!r}")
+    if count is not None and count < 1:
+        raise ValueError(f"internal_batch_size must be at least 1, got {count}")
+    return count
+
+
+AUTO = "auto"
+MEMORY_FRACTION = 0.5  # of the device's free memory that auto-sized IG passes may fill
+# Backward holds the saved activations plus gradients of the largest ones at once.
+BACKWARD_OVERHEAD = 1.5
+
+
+_PROBED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def activation_bytes_per_image(model: torch.nn.Module) -> int:
+    """Bytes of activations autograd keeps per input image for the backward pass of ``model``.
+
+    Measured on a probe of two images at the model's input size: the storages saved for
+    backward, the weights excepted. Device-independent (the same tensors on a CPU or a GPU).
+    Probed once per model, input size and dtype (a stage's batches reuse it).
+    """
+    device, dtype = _model_device_dtype(model)
+    key = (tuple(data_config(model)["input_size"]), dtype)
+    probed = _PROBED.setdefault(model, {})
+    if key not in probed:
+        probed[key] = _probe_activation_bytes(model, device, dtype)
+    return probed[key]
+
+
+def _probe_activation_bytes(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> int:
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    probe = torch.zeros(2, *data_config(model)["input_size"], device=device, dtype=dtype, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(probe)
+    return max(1, sum(saved.values()) // 2)
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory the classifier's device can still give: free CUDA memory plus what this process's
+    allocator caches, or the host's available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def auto_internal_batch_size(model: torch.nn.Module, config: PruningConfig, free_bytes: int | None = None) -> int:
+    """The images per IG pass that fill :data:`MEMORY_FRACTION` of the free memory, between
+    ``batch_size`` (captum needs every row in each pass) and ``batch_size * n_steps`` (one pass)."""
+    device = _model_device_dtype(model)[0]
+    free_bytes = free_memory_bytes(device) if free_bytes is None else free_bytes
+    per_image = activation_bytes_per_image(model) * BACKWARD_OVERHEAD
+    fit = int(MEMORY_FRACTION * free_bytes // per_image)
+    if fit < config.batch_size:
+        warnings.warn(
+            f"integrated gradients: {free_bytes / 2**30:.1f} GB free holds {fit} images of "
+            f"{per_image / 2**20:.0f} MB at once, fewer than pruning.batch_size {config.batch_size}; "
+            "lower batch_size if IG runs out of memory", stacklevel=3,
+        )
+    return int(min(max(fit, config.batch_size), config.batch_size * config.n_steps))
+
+
+def sized_for(model: torch.nn.Module, config: PruningConfig) -> PruningConfig:
+    """``config`` with an ``auto`` internal_batch_size replaced by :func:`auto_internal_batch_size`
+    (for each batch: the free memory is read again, the model's activations are probed once)."""
+    if config.internal_batch_size != AUTO:
+        return config
+    return dataclasses.replace(config, internal_batch_size=auto_internal_batch_size(model, config))
 
 
 def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -330,6 +425,7 @@ def _score_tensors(
     config: PruningConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(psi, rho, attributions) for pixel-aligned, preprocessed rows."""
+    config = sized_for(model, config)
     with torch.no_grad():
         psi = model(edits).softmax(-1)[torch.arange(len(sources), device=edits.device), sources]
     attributions = integrated_gradients(

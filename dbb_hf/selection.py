@@ -22,7 +22,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import ClassLabel, Dataset, Value
+from datasets import ClassLabel, Dataset, Features, Value, concatenate_datasets
 from datasets import Sequence as SequenceFeature
 
 from .checks import check_classifier_classes, check_label_values, require_columns
@@ -140,6 +140,7 @@ def score_dataset(
     device: str | torch.device | None = None,
     cache_dir: str | os.PathLike | None = None,
     model_id: str | None = None,
+    processes=None,
 ) -> Dataset:
     """Add `erm_loss` (float32) and `erm_probs` (list of float32) to every row of ``dataset``.
 
@@ -147,6 +148,8 @@ def score_dataset(
     is). ``model_id`` names the weights in the cache fingerprint, e.g. the checkpoint
     folder plus its safetensors hash; default: :func:`model_fingerprint`. With
     ``cache_dir`` a rerun with the same dataset and weights loads the saved scores.
+    ``processes`` (Accelerate's ``PartialState`` of an ``accelerate launch`` run): every
+    process scores a contiguous share of the rows and all of them get every row's scores.
     """
     _require_columns(dataset, ["image", "label"], "score_dataset")
     if not isinstance(dataset.features["label"], ClassLabel):
@@ -157,6 +160,9 @@ def score_dataset(
         model.to(device)
     model.eval()
     device = next(model.parameters()).device
+    if processes is not None and processes.num_processes > 1:
+        return _score_shared(dataset, processes, batch_size=batch_size, device=device, cache_dir=cache_dir,
+                             model_id=model_id or model_fingerprint(model), model=model)
     return apply_stage(
         dataset,
         score_batch,
@@ -172,6 +178,18 @@ def score_dataset(
         # (the loaders' image check finds them all before training), not a silent gap.
         guard=ImageGuard(columns=("image",)),
     )
+
+
+def _score_shared(dataset: Dataset, processes, *, model, **scoring) -> Dataset:
+    """:func:`score_dataset` with the rows split between processes and the scores gathered."""
+    from accelerate.utils import gather_object
+
+    with processes.split_between_processes(list(range(len(dataset)))) as mine:
+        share = score_dataset(dataset.select(mine), model, **scoring)
+    # One list per process, in process order: the contiguous shares join back in row order.
+    gathered = gather_object([share.select_columns(list(ERM_FEATURES)).to_dict()])
+    columns = {name: [value for part in gathered for value in part[name]] for name in ERM_FEATURES}
+    return concatenate_datasets([dataset, Dataset.from_dict(columns, features=Features(ERM_FEATURES))], axis=1)
 
 
 def _class_budget(value: int | float, class_size: int, class_name: str) -> int:

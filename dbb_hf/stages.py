@@ -144,11 +144,13 @@ def guarded(function: Callable, guard: ImageGuard) -> Callable:
 
 
 def map_new_columns(
-    dataset: Dataset, function: Callable, *, new_features: Mapping, guard: ImageGuard | None = None, **map_kwargs
+    dataset: Dataset, function: Callable, *, new_features: Mapping, guard: ImageGuard | None = None,
+    join: bool = True, **map_kwargs
 ) -> Dataset:
     """``dataset`` with the columns that ``function`` returns, computed by a batched ``map``.
 
-    The map writes only the new columns and the input columns are joined back untouched.
+    The map writes only the new columns and the input columns are joined back untouched
+    (``join=False``: only the new columns are returned; :func:`join_columns` joins them).
     A batched map that reads a column writes it back from its decoded values: every image
     the function reads would be encoded again (time spent for nothing, and JPEG images
     re-compressed with loss). A new column with an input column's name replaces it in place.
@@ -169,6 +171,14 @@ def map_new_columns(
         features=Features(new_features),
         **map_kwargs,
     )
+    return join_columns(dataset, new) if join else new
+
+
+def join_columns(dataset: Dataset, new: Dataset) -> Dataset:
+    """``dataset`` (its rows in order) with the columns of ``new`` beside them, without copying
+    either; a column of ``new`` with a name of ``dataset`` replaces that column in place."""
+    if len(new) != len(dataset):
+        raise ValueError(f"cannot join {len(new)} rows of {new.column_names} to {len(dataset)} rows")
     replaced = [c for c in new.column_names if c in dataset.column_names]
     joined = concatenate_datasets([dataset.remove_columns(replaced), new], axis=1)
     if not replaced:
@@ -283,7 +293,9 @@ def run_resumable(
 
     Each shard of ``shards.shard_size`` consecutive rows is written with ``save_to_disk``
     to a temporary folder and renamed into place only when complete, so a run killed at
-    any point loses at most the shard in progress, and a rerun skips finished shards. With
+    any point loses at most the shard in progress, and a rerun skips finished shards. A
+    shard holds only the stage's new columns (the input rows, images included, are not
+    copied again); they are joined to the input rows at the end. With
     several processes (Accelerate), process ``r`` takes shards ``r, r + n, ...``; the
     result does not depend on how many processes ran it when ``function`` is
     deterministic per row. Memory stays bounded by one shard.
@@ -312,6 +324,7 @@ def run_resumable(
             # also writes them to a cache file beside the input dataset's own files.
             keep_in_memory=True,
             guard=guard,
+            join=False,
         )
         tmp = shards_dir / f".tmp-{k:05d}-{process_index}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -319,8 +332,9 @@ def run_resumable(
         os.replace(tmp, final)
     if shards.wait_for_everyone is not None:
         shards.wait_for_everyone()
-    parts = [load_from_disk(shards_dir / f"{k:05d}") for k in range(num_shards)]
-    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    # select_columns: a shard left by an older dbb_hf may also hold the input's columns.
+    parts = [load_from_disk(shards_dir / f"{k:05d}").select_columns(list(new_features)) for k in range(num_shards)]
+    return join_columns(dataset, concatenate_datasets(parts) if len(parts) > 1 else parts[0])
 
 
 def _temporary(stage_dir: Path) -> tuple[Path, Path]:

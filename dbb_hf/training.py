@@ -311,16 +311,18 @@ def _lone_last_image(num_images: int, batch_size: int, model: torch.nn.Module) -
 
 
 def evaluate_models(model_dirs: dict[str, str], dataset, *, splits: Sequence[str] = ("validation", "test"),
-                    device=None) -> dict:
+                    device=None, accelerator: Accelerator | None = None) -> dict:
     """``{name: {split: metrics}}`` of each saved classifier (``{name: folder}``) on ``splits``,
-    the weighted average weighted by ``dataset["train"]``'s groups (as DFR / JTT)."""
+    the weighted average weighted by ``dataset["train"]``'s groups (as DFR / JTT). With
+    ``accelerator`` every process evaluates its share of the rows (``gather_for_metrics``)."""
     from .modeling import load_classifier
 
     train_counts = train_group_counts_of(dataset["train"])
     metrics = {}
     for name, model_dir in model_dirs.items():
         model = load_classifier(model_dir, device=device)
-        metrics[name] = {split: evaluate_split(model, dataset[split], train_group_counts=train_counts) for split in splits}
+        metrics[name] = {split: evaluate_split(model, dataset[split], train_group_counts=train_counts,
+                                               accelerator=accelerator) for split in splits}
     return metrics
 
 

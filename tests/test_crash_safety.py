@@ -111,7 +111,7 @@ KILL_POINTS = [
     "return:accelerate.Accelerator.save_state@erm:1",      # ERM: checkpoint 1 written but not marked done
     "return:dbb_hf.training._save_checkpoint@erm:1",       # ERM: just after checkpoint 1
     "call:dbb_hf.training.dbb_loss@erm:2",                 # ERM: mid epoch 2 (resumed)
-    "saved:scores/main:1",                                 # scores computed, stage not saved
+    "saved:.scores.tmp:1",                                 # scores: stage folder written (once), not renamed
     "call:dbb_hf.textual_inversion.train._diffusion_loss:2",  # textual inversion: step 2 of class 0
     "replaced:tokens/horizontal_bar/learned_embeds.safetensors:1",  # one class's token done
     "call:dbb_hf.textual_inversion.train._diffusion_loss:3",  # textual inversion: last step of class 1

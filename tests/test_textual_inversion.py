@@ -267,6 +267,77 @@ def test_bf16_mixed_precision_trains_the_fp32_token(models, toy, tmp_path):
     assert load_tokens(inpaint_pipe(models), result.path) == [result.token]
 
 
+def _mean_loss(learned, config, images, samples: int, frozen_dtype) -> float:
+    """The Eq. 1 loss of the learned token on the first ``samples`` training samples (their
+    seeded noise and timesteps), with the frozen VAE and UNet in ``frozen_dtype``."""
+    from dbb_hf.textual_inversion import CausalTokenDataset, load_components
+    from dbb_hf.textual_inversion.train import _diffusion_loss
+
+    parts = load_components(config, frozen_dtype=frozen_dtype)
+    prompts = [t.format(token=learned.token, class_name="horizontal_bar") for t in config.prompt_templates]
+    dataset = CausalTokenDataset(images, learned.tokenizer, prompts, config.resolution, config.seed,
+                                 start=0, length=samples)
+    losses = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=frozen_dtype, enabled=frozen_dtype != torch.float32):
+        for index in range(samples):
+            batch = torch.utils.data.default_collate([dataset[index]])
+            losses.append(float(_diffusion_loss(batch, vae=parts["vae"], unet=parts["unet"],
+                                                text_encoder=learned.text_encoder,
+                                                noise_scheduler=parts["noise_scheduler"], weight_dtype=frozen_dtype,
+                                                seed=config.seed)))
+    return float(np.mean(losses))
+
+
+def test_bf16_textual_inversion_keeps_fp32_token_rows_and_lowers_the_loss(models, toy, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    from dbb_hf.textual_inversion.data import as_pil_list
+
+    images = as_pil_list(toy[0].select(range(2)))
+    steps = 24
+    config = tiny_config(models, max_train_steps=steps, checkpointing_steps=steps, mixed_precision="bf16",
+                         learning_rate=5e-3, prompt_templates=["a photo of a {token}"])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        learned = train_token(images, "horizontal_bar", config, tmp_path / "bf16")
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    encoder = learned.text_encoder
+    weight = encoder.get_input_embeddings().weight
+    # The table with the token stays float32; the frozen encoder, UNet and VAE are bf16.
+    assert weight.dtype == torch.float32
+    assert {p.dtype for n, p in encoder.named_parameters() if "token_embedding" not in n} == {torch.bfloat16}
+    token_id = learned.tokenizer.convert_tokens_to_ids(learned.token)
+    initializer_id = learned.tokenizer.convert_tokens_to_ids("bar</w>")
+    trained_row = weight[token_id].detach().clone()
+    assert not torch.equal(trained_row, weight[initializer_id])
+    after = _mean_loss(learned, config, images, steps, torch.bfloat16)
+    with torch.no_grad():
+        weight[token_id] = weight[initializer_id]  # back to the initial token
+    before = _mean_loss(learned, config, images, steps, torch.bfloat16)
+    assert after < before, (before, after)
+    assert torch.equal(read_embeds(learned.path)[0][learned.token][0], trained_row)
+
+
+def test_fp16_textual_inversion_scales_the_loss_and_saves_the_scaler(models, toy, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    from dbb_hf.state_files import load_state_file
+    from dbb_hf.textual_inversion.train import TRAINING_STATE_NAME
+
+    config = tiny_config(models, max_train_steps=2, checkpointing_steps=1, mixed_precision="fp16")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        learned = train_token(toy[0], "horizontal_bar", config, tmp_path / "fp16")
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert learned.global_step == 2
+    assert learned.text_encoder.get_input_embeddings().weight.dtype == torch.float32
+    state = load_state_file(tmp_path / "fp16" / "checkpoint-2" / TRAINING_STATE_NAME)
+    assert state["scaler"]["scale"] > 0  # the stage's own GradScaler, resumed with the checkpoint
+    assert torch.isfinite(read_embeds(learned.path)[0][learned.token]).all()
+
+
 def test_inpainting_masks_are_full_or_boxes_inside_the_image():
     from dbb_hf.textual_inversion import inpainting_mask
 

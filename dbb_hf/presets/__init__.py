@@ -6,10 +6,13 @@ A preset is a YAML file in this folder, nested by section like a recipe's YAML:
   ``compose`` generator; ``demo_diffusion.yaml`` is what ``dbb-hf demo --generator
   diffusion`` changes on top of it;
 - ``tiny.yaml``: every model swapped for a tiny random one built offline, and short
-  trainings (``recipes/<dataset>.py --preset tiny``: the real code paths in seconds).
+  trainings (``recipes/<dataset>.py --preset tiny``: the real code paths in seconds);
 - ``miniature.yaml``: ``recipes/celeba.py --preset miniature``, the whole method offline
   on real aligned faces with the shipped face prior (``<miniature-face-prior>``), the
-  ``template`` hair masks and a classifier trained from scratch at the prior's 64 px.
+  ``template`` hair masks and a classifier trained from scratch at the prior's 64 px;
+- ``full_size_random.yaml``: every default model at its real architecture with random
+  weights (:mod:`dbb_hf.full_size`), the recipe's settings unchanged: the real code path
+  at full size, for time, memory and FLOPs (``benchmarks/full_size_dry_run.py``).
 
 Every command, recipe and the Space read presets the same way
 (:func:`dbb_hf.config.resolve_configs`): ``--preset NAME [NAME ...]`` (a name here or the
@@ -190,8 +193,7 @@ def miniature_face_prior(_folder: None = None) -> str:
 @builder("tiny")
 def build_tiny_models(folder: str | os.PathLike) -> dict[str, str]:
     """Tiny random SD (text-to-image and inpainting), GroundingDINO and SAM, saved once."""
-    from accelerate import PartialState
-
+    from ..processes import process_state
     from ..tiny.detection import save_tiny_grounding_dino, save_tiny_sam
     from ..tiny.diffusion import save_tiny_inpaint_pipeline, save_tiny_text2img_pipeline
 
@@ -202,7 +204,7 @@ def build_tiny_models(folder: str | os.PathLike) -> dict[str, str]:
         "detector": save_tiny_grounding_dino,
         "segmenter": save_tiny_sam,
     }
-    state = PartialState()
+    state = process_state()  # often a run's first state: its processes start with the long barrier timeout
     paths = {name: str(folder / name) for name in builders}
     if state.is_main_process:
         for name, build in builders.items():
@@ -212,6 +214,19 @@ def build_tiny_models(folder: str | os.PathLike) -> dict[str, str]:
                 done.touch()
     state.wait_for_everyone()
     return paths
+
+
+@builder("full_size")
+def build_full_size_random_models(folder: str | os.PathLike) -> dict[str, str]:
+    """Every default model at its real architecture with random weights (:mod:`dbb_hf.full_size`), saved once."""
+    from ..full_size import build_full_size_models, model_paths
+    from ..processes import process_state
+
+    state = process_state()
+    if state.is_main_process:
+        build_full_size_models(folder)  # skips the models already saved there
+    state.wait_for_everyone()
+    return model_paths(folder)
 
 
 def demo_preset(generator: str = DEFAULT_DEMO_GENERATOR) -> dict:

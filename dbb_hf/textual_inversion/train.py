@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..devices import diffusers_dtype
-from ..precision import DTYPES, resolve as resolve_precision
+from ..precision import DTYPES, stage_precision
 from ..state_files import load_state_file, save_state_file
 from .config import LoraTokenConfig, TextualInversionConfig, placeholder_token
 from .data import NOISE_STREAM, CausalTokenDataset, as_pil_list, sample_seed
@@ -65,6 +65,24 @@ def load_components(config: TextualInversionConfig, frozen_dtype: torch.dtype = 
             "unet": UNet2DConditionModel.from_pretrained(**source, subfolder="unet", **diffusers_dtype(frozen_dtype)),
             "noise_scheduler": DDPMScheduler.from_pretrained(**source, subfolder="scheduler"),
         }
+
+
+def freeze_in(text_encoder, dtype: torch.dtype) -> None:
+    """The text encoder in ``dtype`` except its input embedding (the table holding the
+    trained token), which stays float32 and hands ``dtype`` vectors to the layers.
+
+    The token's rows then take float32 updates (a bf16 row could not hold a step of 5e-4
+    times a small gradient), while the 340 M frozen weights of SD 2's encoder compute in
+    the low dtype like the UNet's.
+    """
+    if dtype == torch.float32:
+        return
+    embedding = text_encoder.get_input_embeddings()
+    for module in text_encoder.modules():
+        if module is not embedding:
+            for parameter in module.parameters(recurse=False):
+                parameter.data = parameter.data.to(dtype)
+    embedding.register_forward_hook(lambda module, inputs, output: output.to(dtype))
 
 
 def single_token_id(tokenizer, word: str) -> int:
@@ -197,7 +215,10 @@ class _TokenTraining:
         self.class_name, self.prompt_name = class_name, prompt_name
 
         set_seed(config.seed)  # LoRA's random init; everything else draws from per-sample seeds
-        self.weight_dtype = DTYPES[resolve_precision(config.mixed_precision)]
+        # bf16/fp16: frozen weights in that dtype, the token rows in float32, the loss under
+        # autocast; fp16 with a gradient scaler (Accelerate's, or the stage's own).
+        self.precision = stage_precision(accelerator, config.mixed_precision, f"textual inversion ({class_name})")
+        self.weight_dtype = DTYPES[self.precision.precision]
         models = load_components(config, frozen_dtype=self.weight_dtype)
         self.tokenizer, self.text_encoder, self.vae, self.unet, self.noise_scheduler = (
             models[k] for k in ("tokenizer", "text_encoder", "vae", "unet", "noise_scheduler")
@@ -213,6 +234,7 @@ class _TokenTraining:
         self.token_ids = add_placeholder_tokens(
             self.tokenizer, self.text_encoder, self.token, config.num_vectors, config.initializer_token
         )
+        freeze_in(self.text_encoder, self.weight_dtype)
 
         self.vae.requires_grad_(False)
         self.unet.requires_grad_(False)
@@ -285,10 +307,12 @@ class _TokenTraining:
         )
         self.vae.to(accelerator.device)
         self.unet.to(accelerator.device)
-        if self.lora and config.lora_unet:
+        if self.lora:
             from diffusers.training_utils import cast_training_params
 
-            cast_training_params(self.unet, dtype=torch.float32)  # adapters train in fp32 under fp16/bf16 weights
+            # Adapters train in fp32 under fp16/bf16 weights.
+            cast_training_params([self.unet, self.text_encoder], dtype=torch.float32)
+        if self.lora and config.lora_unet:
             self.text_encoder, self.unet, self.optimizer, dataloader = accelerator.prepare(
                 self.text_encoder, self.unet, self.optimizer, dataloader
             )
@@ -298,6 +322,10 @@ class _TokenTraining:
                 self.text_encoder, self.optimizer, dataloader
             )
             self.trained_models = (self.text_encoder,)
+        for model in self.trained_models:
+            self.precision.take_over(accelerator, model)
+        if self.precision.scaler is not None and state is not None and "scaler" in state:
+            self.precision.scaler.load_state_dict(state["scaler"])
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         self.original_rows = self.unwrapped(self.text_encoder).get_input_embeddings().weight.detach().clone()
@@ -317,10 +345,12 @@ class _TokenTraining:
         )
         for batch in dataloader:
             with accelerator.accumulate(*self.trained_models):
-                loss = _diffusion_loss(
-                    batch, vae=self.vae, unet=self.unet, text_encoder=self.text_encoder,
-                    noise_scheduler=self.noise_scheduler, weight_dtype=self.weight_dtype, seed=config.seed,
-                )
+                with torch.autocast(accelerator.device.type, dtype=self.weight_dtype,
+                                    enabled=self.weight_dtype != torch.float32):
+                    loss = _diffusion_loss(
+                        batch, vae=self.vae, unet=self.unet, text_encoder=self.text_encoder,
+                        noise_scheduler=self.noise_scheduler, weight_dtype=self.weight_dtype, seed=config.seed,
+                    )
                 if not torch.isfinite(loss):
                     # Stop before the update: the token and its last checkpoint stay as they were.
                     raise FloatingPointError(
@@ -328,8 +358,8 @@ class _TokenTraining:
                         f"at step {global_step + 1} of {config.max_train_steps}; lower the learning rate or use "
                         f"mixed_precision 'no'. Last checkpoint: {latest_checkpoint(self.output_dir)}"
                     )
-                accelerator.backward(loss)
-                self.optimizer.step()
+                self.precision.backward(accelerator, loss)
+                self.precision.step(accelerator, self.optimizer)
                 self.optimizer.zero_grad()
                 # Only the new token may move: AdamW's weight decay and stray gradients would
                 # otherwise drift the original vocabulary.
@@ -365,6 +395,8 @@ class _TokenTraining:
             )
             state = {"global_step": step, "resume_key": self.resume_key, "optimizer": self.optimizer.state_dict(),
                      "lora": lora_state}
+            if self.precision.scaler is not None:
+                state["scaler"] = self.precision.scaler.state_dict()
             save_state_file(state, os.path.join(folder, f"{TRAINING_STATE_NAME}.tmp"))
             os.replace(os.path.join(folder, f"{TRAINING_STATE_NAME}.tmp"), os.path.join(folder, TRAINING_STATE_NAME))
             # Older checkpoints keep their token snapshot; only the newest keeps the (large)

@@ -44,17 +44,20 @@ _WORDS = ["horizontal", "vertical", "bar", "bird", "animal", "hair", "cat", "dog
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def _vocab() -> dict[str, int]:
+def build_bert_tokenizer(vocab_size: int | None = None) -> BertTokenizer:
+    """A synthetic uncased WordPiece tokenizer; with ``vocab_size`` (bert-base-uncased: 30,522)
+    padded to that size with ``[unusedN]`` tokens, as BERT's own vocabulary reserves them."""
     letters = list(string.ascii_lowercase + string.digits)
-    tokens = _SPECIAL + [".", ",", "_", "-"] + _WORDS + letters + ["##" + c for c in letters]
-    return {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    tokens = list(dict.fromkeys(_SPECIAL + [".", ",", "_", "-"] + _WORDS + letters + ["##" + c for c in letters]))
+    tokens += [f"[unused{i}]" for i in range(max(0, (vocab_size or 0) - len(tokens)))]
+    return BertTokenizer(vocab={token: i for i, token in enumerate(tokens)}, do_lower_case=True)
 
 
 def save_tiny_grounding_dino(path: str | os.PathLike, seed: int = 0, image_size: int = 128) -> str:
     """Save a tiny random GroundingDINO (Swin + BERT) and its processor to ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = BertTokenizer(vocab=_vocab(), do_lower_case=True)
+    tokenizer = build_bert_tokenizer()
     image_processor = GroundingDinoImageProcessor(size={"shortest_edge": image_size, "longest_edge": image_size})
     GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
 

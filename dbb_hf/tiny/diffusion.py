@@ -47,25 +47,43 @@ def _word_merges(word: str) -> list[tuple[str, str]]:
 
 
 def build_clip_tokenizer(
-    save_dir: str | os.PathLike, words: Sequence[str] = COMMON_WORDS, model_max_length: int = 77
+    save_dir: str | os.PathLike,
+    words: Sequence[str] = COMMON_WORDS,
+    model_max_length: int = 77,
+    *,
+    vocab_size: int | None = None,
+    pad_token: str | None = None,
 ) -> CLIPTokenizer:
-    """Write a tiny CLIP BPE tokenizer to ``save_dir`` and load it back from there.
+    """Write a synthetic CLIP BPE tokenizer to ``save_dir`` and load it back from there.
 
     Its vocabulary holds the 256 byte-level characters and their end-of-word forms, so any
     text tokenizes (unknown words fall back to characters), the merged ``words`` (each a
-    single token) and the two special tokens (last, as in CLIP's own vocabulary).
+    single token) and the two special tokens (last, as in CLIP's own vocabulary). With
+    ``vocab_size`` (CLIP's real one is 49,408) merges of character pairs fill it up to that
+    size, after the words' merges so that each word stays one token.
     """
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = alphabet + [c + END_OF_WORD for c in alphabet]
     merges: list[tuple[str, str]] = []
+
+    def merge(left: str, right: str) -> None:
+        if left + right not in known:
+            merges.append((left, right))
+            tokens.append(left + right)
+            known.add(left + right)
+
+    known = set(tokens)
     for word in words:
         for left, right in _word_merges(word):
-            if left + right not in tokens:
-                merges.append((left, right))
-                tokens.append(left + right)
+            merge(left, right)
+    if vocab_size is not None:
+        fillers = ((left, right) for left in alphabet for right in alphabet)
+        while len(tokens) + 2 < vocab_size:
+            merge(*next(fillers))
     tokens += [BOS_TOKEN, EOS_TOKEN]
     vocab = {token: index for index, token in enumerate(tokens)}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    extra = {} if pad_token is None else {"pad_token": pad_token}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length, **extra)
     tokenizer.save_pretrained(save_dir)
     return CLIPTokenizer.from_pretrained(save_dir)
 
