@@ -1,7 +1,7 @@
 """The Space in a real headless browser: Debian's chromium driven by Playwright.
 
-The app runs in a subprocess with tiny offline models (``--tiny``), served on a free
-localhost port. The test uploads an image, picks the classes, presses the button and
+The app runs in a subprocess, served on a free localhost port: with tiny offline models
+(``--tiny``), and on a small finished toy demo run with the shipped prior (``--run_dir``). The test uploads an image, picks the classes, presses the button and
 checks that the mask, the edit and the heatmap render and that the verdict shown follows
 the psi and rho shown. Playwright uses the system chromium (no browser download).
 
@@ -73,14 +73,11 @@ def wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"the Space did not answer on {url} within {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="module")
-def space_url(tmp_path_factory):
-    require_chromium()
-    folder = tmp_path_factory.mktemp("space")
+def serve(folder: Path, mode: list[str]):
+    """The Space in a subprocess with the flags ``mode``: yields its URL, stops it after."""
     log = folder / "server.log"
     port = free_port()
-    command = [sys.executable, str(APP), "--tiny", "--tiny_dir", str(folder / "tiny")]
-    command += ["--server_name", "127.0.0.1", "--server_port", str(port)]
+    command = [sys.executable, str(APP), *mode, "--server_name", "127.0.0.1", "--server_port", str(port)]
     environ = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     with open(log, "w") as output:
         process = subprocess.Popen(command, cwd=ROOT, env=environ, stdout=output, stderr=subprocess.STDOUT)
@@ -95,6 +92,25 @@ def space_url(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def space_url(tmp_path_factory):
+    require_chromium()
+    folder = tmp_path_factory.mktemp("space")
+    yield from serve(folder, ["--tiny", "--tiny_dir", str(folder / "tiny")])
+
+
+@pytest.fixture(scope="module")
+def run_space_url(tmp_path_factory):
+    """The Space on a small toy demo run made here with the shipped prior (``--run_dir``)."""
+    require_chromium()
+    from dbb_hf.cli import main as dbb_hf_main
+    from test_demo_diffusion import SMALL
+
+    folder = tmp_path_factory.mktemp("space-run")
+    assert dbb_hf_main(["demo", "--generator", "diffusion", "--output_dir", str(folder / "run"), *SMALL]) == 0
+    yield from serve(folder, ["--run_dir", str(folder / "run")])
 
 
 @pytest.fixture
@@ -126,14 +142,12 @@ def number(text: str, pattern: str) -> float:
     return float(match.group(1))
 
 
-def test_space_edits_an_uploaded_image_in_a_browser(space_url, page, tmp_path):
-    toy = load_toy(ToyConfig(num_train=4, num_validation=4, num_test=8, image_size=64, seed=3))["test"]
-    upload = tmp_path / "horizontal.png"
-    next(row["image"] for row in toy if row["label"] == 0).save(upload)
-
+def edit_in_browser(page, url: str, upload: Path) -> str:
+    """Upload ``upload`` (a horizontal bar), make it a vertical bar, check the three pictures
+    and that the verdict shown follows the psi and rho shown; the verdict's text."""
     errors = []
     page.on("pageerror", lambda error: errors.append(error))
-    page.goto(space_url, wait_until="domcontentloaded")
+    page.goto(url, wait_until="domcontentloaded")
     page.locator("#input-image input[type=file]").set_input_files(str(upload))
     page.locator("#input-image img").first.wait_for(state="visible")
     page.locator("#source-class").get_by_label("horizontal_bar", exact=True).check()
@@ -150,7 +164,7 @@ def test_space_edits_an_uploaded_image_in_a_browser(space_url, page, tmp_path):
         assert natural[0] > 0 and natural[1] > 0, f"{element} did not load its picture"
 
     text = page.locator("#verdict").inner_text()
-    assert "horizontal_bar" in text and "vertical_bar" in text and "A photo of a vertical bar" in text
+    assert "horizontal_bar" in text and "vertical_bar" in text
     psi, Psi = number(text, r"psi\s+([-\d.]+)"), number(text, r"Psi = ([-\d.]+)")
     rho, P = number(text, r"rho\s+([-\d.]+)"), number(text, r"P = ([-\d.]+)")
     psi_ok, rho_ok = "psi < Psi ✓" in text, "rho > P ✓" in text
@@ -159,8 +173,30 @@ def test_space_edits_an_uploaded_image_in_a_browser(space_url, page, tmp_path):
     assert rho_ok == (rho > P) or rho == P, text
     verdict = re.search(r"Verdict: (keep|prune)", text).group(1)
     assert (verdict == "keep") == (psi_ok and rho_ok), text
-    assert page.locator("#tiny-notice").is_visible()
     assert errors == []
+    return text
+
+
+def toy_upload(folder: Path, size: int) -> Path:
+    toy = load_toy(ToyConfig(num_train=4, num_validation=4, num_test=8, image_size=size, seed=3))["test"]
+    upload = folder / "horizontal.png"
+    next(row["image"] for row in toy if row["label"] == 0).save(upload)
+    return upload
+
+
+def test_space_run_folder_mode_edits_with_the_runs_models_in_a_browser(run_space_url, page, tmp_path):
+    text = edit_in_browser(page, run_space_url, toy_upload(tmp_path, 32))
+    # The run's learned token, its P of 4 for the toy (demo_diffusion.yaml) and its notice.
+    assert "a photo of a <dbb-vertical_bar> bar" in text and "P = 4.0000" in text, text
+    notice = page.locator("#run-notice")
+    assert notice.is_visible() and "<dbb-vertical_bar>" in notice.inner_text()
+    assert page.locator("#tiny-notice").count() == 0
+
+
+def test_space_edits_an_uploaded_image_in_a_browser(space_url, page, tmp_path):
+    text = edit_in_browser(page, space_url, toy_upload(tmp_path, 64))
+    assert "A photo of a vertical bar" in text, text
+    assert page.locator("#tiny-notice").is_visible()
 
     shot = tmp_path / "space.png"
     page.screenshot(path=str(shot), full_page=True)

@@ -99,6 +99,27 @@ def render(rng: np.random.Generator, label: int, background: int, size: int):
     return Image.fromarray(img), Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
 
 
+# Fewer pixels of one colour than this are background noise repeating, not an object: the
+# smallest toy object is a bar of 0.4 x 0.1 of the side, 36 pixels at the smallest size (16 px: 12).
+MIN_OBJECT_PIXELS = 12
+
+
+def find_object(image: Image.Image) -> np.ndarray:
+    """The object of a toy image that comes without its mask (an upload): a boolean ``(H, W)`` array.
+
+    :func:`render` paints the object in one solid colour over a noisy background, in which a
+    colour rarely repeats, so the object is the image's most frequent colour. The mask is
+    exact on a toy image as rendered (PNG), and on one scaled up with nearest-neighbour;
+    scaling down blends the object's edge, which a box or square region covers again. An
+    image with no colour on at least ``MIN_OBJECT_PIXELS`` pixels gives an empty mask.
+    """
+    pixels = np.asarray(image.convert("RGB"))
+    _, inverse, counts = np.unique(pixels.reshape(-1, 3), axis=0, return_inverse=True, return_counts=True)
+    if counts.max() < MIN_OBJECT_PIXELS:
+        return np.zeros(pixels.shape[:2], dtype=bool)
+    return (inverse.reshape(-1) == counts.argmax()).reshape(pixels.shape[:2])
+
+
 def _split_design(rng: np.random.Generator, n: int, correlation: float | None, num_classes: int = 2):
     """(label, spurious) pairs: correlated for training, balanced groups otherwise.
 

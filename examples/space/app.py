@@ -14,7 +14,11 @@ overridable by ``--<flag>`` flags (``python app.py --help`` lists them). ``--tin
 ``DBB_SPACE_TINY=1``) builds tiny random models into a temporary folder at start and loads
 them with the same ``from_pretrained`` calls: the UI runs offline, and its outputs are noise.
 
+``--run_dir DIR`` (or ``DBB_SPACE_RUN_DIR``) runs on a finished dbb_hf run instead: its config,
+ERM classifier, learned tokens, Psi and P, offline with the shipped miniature priors.
+
     python examples/space/app.py --tiny
+    python examples/space/app.py --run_dir runs/demo          # after `dbb-hf demo --output_dir runs/demo`
     DBB_SPACE_CLASSIFIER=hf-hub:<user>/<erm-classifier> DBB_SPACE_PSI=0.97,0.93 python examples/space/app.py
 """
 

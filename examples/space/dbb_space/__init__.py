@@ -5,5 +5,6 @@
 - :mod:`.models`: loading the classifier, detector + segmenter and inpainting pipeline once;
 - :mod:`.edit`: one image masked, inpainted and scored, without the UI;
 - :mod:`.uploads`: the checks an uploaded file passes before it is decoded;
+- :mod:`.run_folder`: ``--run_dir``, the settings and examples a finished run's folder gives;
 - :mod:`.page`: the Gradio page and ``main``.
 """

@@ -14,6 +14,7 @@ from PIL import Image
 
 from dbb_hf.images import to_rgb
 from dbb_hf.inpainting import inpaint_batch
+from dbb_hf.mask_arithmetic import mask_image
 from dbb_hf.masking import OK, mask_batch
 from dbb_hf.pruning import explain_edit, image_transform, prune_reason
 
@@ -89,10 +90,11 @@ def run_edit(
     if source == target:
         raise ValueError(f"the image is already {names[source]!r}: pick a different target class")
     example_id = hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()[:16]
-    masks = mask_batch(
-        {"image": [image], "label": [source]}, models=models.masking, config=config.masking,
-        class_names=models.object_names,
-    )
+    batch = {"image": [image], "label": [source]}
+    if config.masking.backend == "column":
+        # The column backend turns a found object into the run's region (a square box, say).
+        batch[config.masking.mask_column] = [mask_image(models.find_object(image))]
+    masks = mask_batch(batch, models=models.masking, config=config.masking, class_names=models.object_names)
     result = dict(
         image=image,
         source=source,

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
+from dbb_hf.data.toy import find_object as find_toy_object
 from dbb_hf.devices import resolve_device
 from dbb_hf.inpainting import load_inpainting_pipeline
 from dbb_hf.masking import MaskingModels, load_masking_models
@@ -27,13 +30,18 @@ class SpaceModels:
     """Everything ``run_edit`` runs, loaded once at start."""
 
     classifier: torch.nn.Module
-    masking: MaskingModels
+    masking: Optional[MaskingModels]
     pipe: Any
     class_names: list[str]
     object_names: list[str]
     tokens: list[str]
     Psi: list[float]
     P: list[float]
+    # For the column masking backend: the object mask of an upload, which has no mask column.
+    find_object: Optional[Callable[[Image.Image], np.ndarray]] = None
+
+
+OBJECT_FINDERS = {"toy": find_toy_object}
 
 
 def _per_class(values: Sequence[str] | None, default: list[str], n: int, what: str) -> list[str]:
@@ -77,11 +85,13 @@ def load_models(settings: Settings) -> SpaceModels:
         raise ValueError(f"Psi has {len(Psi)} values for {n} classes {class_names}")
     return SpaceModels(
         classifier=classifier,
-        masking=load_masking_models(settings.masking, device),
+        # The template and column backends run no model.
+        masking=load_masking_models(settings.masking, device) if settings.masking.loads_models() else None,
         pipe=pipe,
         class_names=class_names,
         object_names=object_names,
         tokens=tokens,
         Psi=Psi,
         P=thresholds_per_class(settings.pruning.P, n),
+        find_object=OBJECT_FINDERS[space.find_object] if space.find_object else None,
     )

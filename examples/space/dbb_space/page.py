@@ -12,7 +12,7 @@ from PIL import Image
 
 from .edit import EditResult, run_edit
 from .models import SpaceModels, load_models
-from .settings import Settings, build_tiny, parse_config
+from .settings import Settings, build_tiny, parse_config, with_run_examples
 from .uploads import checked_image
 
 PREDICTED = "predicted by the classifier"
@@ -22,6 +22,27 @@ TINY_NOTICE = (
     "(an untrained resnet10t, a random GroundingDINO + SAM, a random Stable Diffusion). "
     "The masks, edits, scores and verdicts are noise: they show the data flow, not results."
 )
+
+# What finds the object to repaint, per masking backend (the page's heading).
+MASKING_WORDS = {
+    "grounded_sam": "GroundingDINO + SAM",
+    "lang_sam": "LangSAM",
+    "template": "the hair template of an aligned face",
+    "column": "its solid colour, the toy world's object",
+}
+
+
+def run_notice(settings: Settings, models: SpaceModels) -> str:
+    """What the page runs in ``--run_dir`` mode: the run's models and thresholds."""
+    Psi = ", ".join(f"{name} {value:.4f}" for name, value in zip(models.class_names, models.Psi))
+    P = ", ".join(f"{name} {value:g}" for name, value in zip(models.class_names, models.P))
+    tokens = ", ".join(f"`{token}`" for token in models.tokens)
+    return (
+        f"**Run folder** `{settings.space.run_dir}`: its ERM classifier, its learned tokens ({tokens}), "
+        f"the inpainting model `{settings.inpainting.model_id}`, masks by the `{settings.masking.backend}` backend "
+        f"(region `{settings.masking.region}`), Psi per source class ({Psi}) and P per target class ({P}), "
+        "all as the run used them. Nothing is downloaded."
+    )
 
 
 def summary_markdown(result: EditResult, class_names: list[str]) -> str:
@@ -107,13 +128,16 @@ def build_demo(settings: Settings, models: Optional[SpaceModels] = None) -> gr.B
     with gr.Blocks(title="dbb_hf: diffusion-based balancing") as demo:
         gr.Markdown(
             "# Diffusion-based balancing: one edit\n"
-            "The object of the source class is masked (GroundingDINO + SAM) and repainted as the target class "
+            f"The object of the source class is masked ({MASKING_WORDS[settings.masking.backend]}) and repainted "
+            "as the target class "
             "(Stable Diffusion inpainting with the class's learned token); the background stays pixel for pixel. "
             "The edit is kept for retraining iff `psi < Psi` (the classifier no longer sees the source class) "
             "and `rho > P` (the integrated gradients of the target class inside the mask exceed P)."
         )
         if settings.space.tiny:
             gr.Markdown(TINY_NOTICE, elem_id="tiny-notice")
+        if settings.space.run_dir:
+            gr.Markdown(run_notice(settings, models), elem_id="run-notice")
         with gr.Row():
             with gr.Column():
                 image = checked_image(settings.space, sources=["upload"], label="Image", height=256,
@@ -148,6 +172,8 @@ def main(args: Sequence[str] | None = None) -> None:
     settings = parse_config(args)
     if settings.space.tiny:
         settings = build_tiny(settings)
+    elif settings.space.run_dir:
+        settings = with_run_examples(settings)
     demo = build_demo(settings)
     space = settings.space
     # gradio refuses larger files before they are stored; open_upload checks again.

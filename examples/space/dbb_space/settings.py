@@ -12,6 +12,11 @@ comma-separated. ``--config FILE`` and ``--preset`` work as for the recipes.
 flags: dbb_hf's ``tiny`` (a tiny random GroundingDINO, SAM and Stable Diffusion inpainting
 pipeline) and ``tiny.yaml`` beside ``app.py`` (an untrained toy classifier, its Psi and toy
 example images, made by the ``space-tiny`` builder below). :func:`build_tiny` builds them.
+
+``--run_dir DIR`` (or ``DBB_SPACE_RUN_DIR``) runs the Space on a finished dbb_hf run instead
+(:mod:`.run_folder`): its ``config.yaml`` is a layer under the environment and the flags, and
+the folder gives the classifier, Psi, the tokens and the examples. With the shipped miniature
+priors this is offline and the edits are real ones.
 """
 
 from __future__ import annotations
@@ -31,11 +36,16 @@ from dbb_hf.masking import MaskingConfig
 from dbb_hf.presets import builder, materialize
 from dbb_hf.pruning import PruningConfig
 
+from .run_folder import run_layers, write_examples
+
 ENV_PREFIX = "DBB_SPACE_"
 STAGES = {"masking": MaskingConfig, "inpainting": InpaintingConfig, "pruning": PruningConfig}
 TINY_PRESETS = ("tiny", str(Path(__file__).resolve().parents[1] / "tiny.yaml"))
 # Backends that need what one upload does not have: a mask column, a dataset of donor objects.
+# The column backend works where the Space finds the object itself (find_object).
 UNSUPPORTED_BACKENDS = {"masking": ("column",), "inpainting": ("compose",)}
+# How the Space finds an upload's object for the column backend, per world.
+OBJECT_FINDERS = ("toy",)
 
 
 @dataclass
@@ -46,6 +56,20 @@ class SpaceConfig:
     )
     tiny_dir: Optional[str] = field(
         default=None, metadata={"help": "Where --tiny writes its models (default: a new temporary folder)."}
+    )
+    run_dir: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A finished dbb_hf run folder (dbb-hf demo, a recipe): its config.yaml's masking, inpainting "
+            "and pruning, its ERM classifier, learned tokens, Psi and test images (offline with the shipped priors)."
+        },
+    )
+    find_object: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "How the column masking backend gets an upload's object mask (an upload has no mask column): "
+            "'toy' (the toy world's object is its one solid colour). Set by --run_dir for a toy run."
+        },
     )
     classifier: str = field(
         default="",
@@ -96,15 +120,19 @@ class SpaceConfig:
     )
 
     def __post_init__(self):
+        if self.tiny and self.run_dir:
+            raise ValueError("--tiny and --run_dir are two sets of models: give one")
+        if self.find_object is not None and self.find_object not in OBJECT_FINDERS:
+            raise ValueError(f"find_object must be one of {OBJECT_FINDERS}, got {self.find_object!r}")
         if not self.tiny and not self.classifier:
             raise ValueError(
                 f"no classifier given: set {ENV_PREFIX}CLASSIFIER or --classifier (a save_classifier folder or "
-                "hf-hub:<repo id>), or run with --tiny"
+                "hf-hub:<repo id>), or run with --tiny or --run_dir"
             )
         if not self.tiny and self.Psi is None:
             raise ValueError(
                 f"no Psi given: set {ENV_PREFIX}PSI or --Psi to the mean training confidence of each class "
-                "(dbb_hf.pruning.class_confidence), or run with --tiny"
+                "(dbb_hf.pruning.class_confidence), or run with --tiny or --run_dir"
             )
         if self.max_image_side < 16:
             raise ValueError(f"max_image_side must be at least 16, got {self.max_image_side}")
@@ -125,6 +153,8 @@ class Settings:
     def __post_init__(self):
         for section, backends in UNSUPPORTED_BACKENDS.items():
             backend = getattr(self, section).backend
+            if (section, backend) == ("masking", "column") and self.space.find_object:
+                continue
             if backend in backends:
                 raise ValueError(f"{section} backend {backend!r} needs a dataset, not one upload; the Space "
                                  f"cannot use it ({ENV_PREFIX}{section.upper()}_BACKEND, --{section}_backend)")
@@ -134,15 +164,19 @@ def parse_config(args: Sequence[str] | None = None, environ: typing.Mapping[str,
     """The Space's settings from the environment, with command-line flags taking precedence.
 
     Nothing is built here: with ``--tiny`` the models' fields hold placeholders until
-    :func:`build_tiny`.
+    :func:`build_tiny`. With ``--run_dir`` the run folder's layers lie under the environment.
     """
     args = list(sys.argv[1:] if args is None else args)
     environment = environment_layer(ENV_PREFIX, STAGES, {"space": SpaceConfig}, environ)
-    # --tiny decides which presets the rest is read over, so it is read first.
-    tiny = environment.get("space", {}).get("tiny", False)
-    wanted, _ = preparse(subset(SpaceConfig, ["tiny"]), args, defaults={"tiny": tiny})
+    # --tiny and --run_dir decide which layers the rest is read over, so they are read first.
+    given = environment.get("space", {})
+    wanted, _ = preparse(
+        subset(SpaceConfig, ["tiny", "run_dir"]), args,
+        defaults={"tiny": given.get("tiny", False), "run_dir": given.get("run_dir")},
+    )
     space, configs = resolve_configs(
         STAGES, [("space", SpaceConfig)], args, presets=TINY_PRESETS if wanted.tiny else (),
+        layers=run_layers(wanted.run_dir) if wanted.run_dir else (),
         overrides=[("the environment", environment)], build=False,
     )
     return Settings(space, **configs)
@@ -155,6 +189,14 @@ def build_tiny(settings: Settings) -> Settings:
     built: dict = {}
     space = dataclasses.replace(materialize(settings.space, root, built), tiny_dir=str(root))
     return Settings(space, **{name: materialize(getattr(settings, name), root, built) for name in STAGES})
+
+
+def with_run_examples(settings: Settings) -> Settings:
+    """The settings with the run's test images as examples, unless an examples folder is given."""
+    if settings.space.examples_dir:
+        return settings
+    examples = write_examples(settings.space.run_dir)
+    return dataclasses.replace(settings, space=dataclasses.replace(settings.space, examples_dir=examples))
 
 
 @builder("space-tiny")
