@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dbb_hf.data.toy import find_object as find_toy_object
 from dbb_hf.devices import resolve_device
 from dbb_hf.inpainting import load_inpainting_pipeline
 from dbb_hf.masking import MaskingModels, load_masking_models
@@ -22,7 +21,7 @@ from dbb_hf.modeling import label_names, load_classifier
 from dbb_hf.pruning import thresholds_per_class
 from dbb_hf.textual_inversion import load_tokens
 
-from .settings import Settings
+from .settings import OBJECT_FINDERS, Settings
 
 
 @dataclass
@@ -39,9 +38,6 @@ class SpaceModels:
     P: list[float]
     # For the column masking backend: the object mask of an upload, which has no mask column.
     find_object: Optional[Callable[[Image.Image], np.ndarray]] = None
-
-
-OBJECT_FINDERS = {"toy": find_toy_object}
 
 
 def _per_class(values: Sequence[str] | None, default: list[str], n: int, what: str) -> list[str]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dbb_hf.config import environment_layer, preparse, resolve_configs, subset
+from dbb_hf.data.toy import find_object as find_toy_object
 from dbb_hf.inpainting import InpaintingConfig
 from dbb_hf.masking import MaskingConfig
 from dbb_hf.presets import builder, materialize
@@ -45,7 +46,7 @@ TINY_PRESETS = ("tiny", str(Path(__file__).resolve().parents[1] / "tiny.yaml"))
 # The column backend works where the Space finds the object itself (find_object).
 UNSUPPORTED_BACKENDS = {"masking": ("column",), "inpainting": ("compose",)}
 # How the Space finds an upload's object for the column backend, per world.
-OBJECT_FINDERS = ("toy",)
+OBJECT_FINDERS = {"toy": find_toy_object}
 
 
 @dataclass
@@ -123,7 +124,7 @@ class SpaceConfig:
         if self.tiny and self.run_dir:
             raise ValueError("--tiny and --run_dir are two sets of models: give one")
         if self.find_object is not None and self.find_object not in OBJECT_FINDERS:
-            raise ValueError(f"find_object must be one of {OBJECT_FINDERS}, got {self.find_object!r}")
+            raise ValueError(f"find_object must be one of {list(OBJECT_FINDERS)}, got {self.find_object!r}")
         if not self.tiny and not self.classifier:
             raise ValueError(
                 f"no classifier given: set {ENV_PREFIX}CLASSIFIER or --classifier (a save_classifier folder or "
