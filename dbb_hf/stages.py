@@ -186,6 +186,61 @@ def join_columns(dataset: Dataset, new: Dataset) -> Dataset:
     return joined.select_columns(dataset.column_names + [c for c in new.column_names if c not in replaced])
 
 
+# What identifies a row of a stage's input: its image, and where rows are per (image,
+# target class) from the selection on, the target too.
+ROW_KEYS = ("example_id", "target_label")
+
+
+def row_keys(dataset: Dataset) -> list[str]:
+    """The :data:`ROW_KEYS` that ``dataset`` has."""
+    return [key for key in ROW_KEYS if key in dataset.column_names]
+
+
+def _first_other_row(dataset: Dataset, other: Dataset, keys: Sequence[str]) -> str | None:
+    """None when ``other`` holds ``dataset``'s rows in order (by ``keys``), else where it does not."""
+    if len(other) != len(dataset):
+        return f"{len(other)} rows where the input has {len(dataset)}"
+    mine, theirs = dataset.select_columns(keys).to_dict(), other.select_columns(keys).to_dict()
+    for key in keys:
+        for i, (a, b) in enumerate(zip(mine[key], theirs[key])):
+            if a != b:
+                return f"row {i} has {key} {b!r} where the input has {a!r}"
+    return None
+
+
+def stage_columns(dataset: Dataset, result: Dataset, written: Sequence[str], stage: str) -> Dataset:
+    """What a stage folder keeps of ``result`` (``dataset`` with the stage's columns joined by
+    :func:`join_columns`): the row keys and the ``written`` columns (new, or input columns the
+    stage replaced); :func:`join_stage_columns` puts ``result`` back together from them.
+
+    Raises when ``result`` is not ``dataset``'s rows in order with only ``written`` columns
+    joined, since joining the saved columns back to ``dataset`` would then not give ``result``.
+    """
+    keys, written = row_keys(dataset), [c for c in result.column_names if c in written]
+    joined = [c for c in dataset.column_names] + [c for c in written if c not in dataset.column_names]
+    where = _first_other_row(dataset, result, keys)
+    if result.column_names != joined or where is not None:
+        raise ValueError(
+            f"stage {stage!r} returned columns {result.column_names} ({where or 'rows in order'}); the stage "
+            f"folder can only keep {written} if the rest is its input's columns {dataset.column_names}, rows in order"
+        )
+    return result.select_columns([*keys, *written])
+
+
+def join_stage_columns(dataset: Dataset, saved: Dataset, stage_dir: str | os.PathLike) -> Dataset:
+    """``dataset`` with the columns a stage saved (:func:`stage_columns`) joined, after checking
+    that the saved row keys are ``dataset``'s, in order."""
+    keys = row_keys(dataset)
+    where = _first_other_row(dataset, saved, keys) if set(keys) <= set(saved.column_names) else (
+        f"no {keys} columns")
+    if where is not None:
+        raise ValueError(
+            f"{stage_dir} holds the columns of other rows than its input ({where}): the folder was made "
+            f"from another input, or edited. Delete {stage_dir} to compute that stage again"
+        )
+    return join_columns(dataset, saved.remove_columns(keys))
+
+
 def apply_stage(
     dataset: Dataset,
     function: Callable,
