@@ -180,10 +180,15 @@ def join_columns(dataset: Dataset, new: Dataset) -> Dataset:
     if len(new) != len(dataset):
         raise ValueError(f"cannot join {len(new)} rows of {new.column_names} to {len(dataset)} rows")
     replaced = [c for c in new.column_names if c in dataset.column_names]
-    joined = concatenate_datasets([dataset.remove_columns(replaced), new], axis=1)
     if not replaced:
-        return joined
-    return joined.select_columns(dataset.column_names + [c for c in new.column_names if c not in replaced])
+        return concatenate_datasets([dataset, new], axis=1)
+    # Concatenated column by column, not reordered afterwards with select_columns: datasets
+    # keeps a reordered table's memory-mapped blocks in their old order, and the next
+    # axis=1 concatenation puts the columns back in that order (a replaced column would
+    # move to the end of the stage after next).
+    added = [c for c in new.column_names if c not in replaced]
+    pieces = [(new if c in replaced else dataset).select_columns([c]) for c in dataset.column_names]
+    return concatenate_datasets(pieces + ([new.select_columns(added)] if added else []), axis=1)
 
 
 # What identifies a row of a stage's input: its image, and where rows are per (image,

@@ -169,3 +169,16 @@ def test_a_whole_stage_folder_saved_by_an_older_version_is_still_read(tmp_path):
 
     found = run._cached_columns("pruning", "fp-pruning", base, compute, written=["mask", "generated", "status"])
     assert _table(found).equals(_table(whole)) and run.reused == ["pruning"]
+
+
+def test_a_replaced_column_keeps_its_place_through_later_joins(tmp_path):
+    from datasets import load_from_disk
+
+    from dbb_hf.stages import join_columns
+
+    Dataset.from_dict({"x": [1], "m": [2], "y": [3]}).save_to_disk(tmp_path / "a")
+    Dataset.from_dict({"m": [9], "n": [4]}).save_to_disk(tmp_path / "b")
+    replaced = join_columns(load_from_disk(tmp_path / "a"), load_from_disk(tmp_path / "b"))
+    # A memory-mapped table reordered by select_columns went back to its old order at the next join.
+    later = join_columns(replaced, Dataset.from_dict({"z": [5]}))
+    assert later.column_names == ["x", "m", "y", "n", "z"] and later[0] == {"x": 1, "m": 9, "y": 3, "n": 4, "z": 5}
