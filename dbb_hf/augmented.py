@@ -245,12 +245,14 @@ def load_augmented(
     return check_augmented(unify_features(dataset), source)
 
 
-def build_augmented(dataset: DatasetDict, pruned: Dataset, P) -> DatasetDict:
+def build_augmented(dataset: DatasetDict, pruned: Dataset, P, cache_dir: Optional[str | os.PathLike] = None) -> DatasetDict:
     """Real ``train``, kept edits as ``synthetic`` (label = new class, with provenance), ``validation``, ``test``.
 
     ``pruned`` is the pruning stage's output (``keep``, ``target_label``, ``generated`` and the
     provenance columns) and ``P`` the thresholds it was pruned with (one, or one per class),
-    recorded per edit in the ``P`` column.
+    recorded per edit in the ``P`` column. The synthetic rows are written to a cache file beside
+    ``pruned``'s files, or in ``cache_dir`` when given (the pipeline's stage folder, replaced by
+    the saved stage: no second copy of the edits is left behind).
     """
     from .pruning import thresholds_per_class
 
@@ -282,6 +284,8 @@ def build_augmented(dataset: DatasetDict, pruned: Dataset, P) -> DatasetDict:
     synthetic = kept.map(
         to_synthetic, batched=True, remove_columns=drop + ["target_label"],
         features=_ordered(synthetic_features, features), desc="augmented",
+        cache_file_name=None if cache_dir is None else os.path.join(os.fspath(cache_dir), "synthetic.arrow"),
+        load_from_cache_file=False,  # a file left in cache_dir by a stopped run may hold other edits
     ) if len(kept) else _empty_synthetic(synthetic_features, features)
     return DatasetDict(
         {"train": dataset["train"], "synthetic": synthetic, "validation": dataset["validation"], "test": dataset["test"]}

@@ -281,7 +281,7 @@ class Pipeline:
         Psi = class_confidence(scored)
 
         fp_sel = stage_fingerprint("selection", cfg["selection"], fp_erm)
-        selected = self._cached("selection", fp_sel, lambda d: select_lowest_loss(scored, cfg["selection"]))
+        selected = self._cached("selection", fp_sel, lambda d: select_lowest_loss(scored, cfg["selection"], cache_dir=d))
         purity = selection_purity(selected, dataset["train"]) if "group" in selected.column_names else None
 
         tokens, fp_tok = None, fp_sel
@@ -434,14 +434,15 @@ class Pipeline:
         """
         P = self.configs["pruning"].P
         if _saved_fingerprint(self.out / DATA_STAGE / STAGE_INFO) != fp_data:
-            return self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned, P), main_only=True)
+            return self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned, P, cache_dir=d),
+                                main_only=True)
         old = self._full_copy("augmented", fp_aug)
         if old is not None:
             return old
         record = {"path": f"../{DATA_STAGE}", "fingerprint": fp_data}
         saved = self._cached(
             "augmented", stage_fingerprint("augmented", {"saved": ["synthetic"], REAL_SPLITS: record["path"]}, fp_aug),
-            lambda d: DatasetDict({"synthetic": build_augmented(dataset, pruned, P)["synthetic"]}),
+            lambda d: DatasetDict({"synthetic": build_augmented(dataset, pruned, P, cache_dir=d)["synthetic"]}),
             main_only=True, info={REAL_SPLITS: record},
         )
         return with_real_splits(saved["synthetic"], dataset)
