@@ -42,7 +42,7 @@ from .run_lock import run_folder_lock
 from .selection import ERM_FEATURES, SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
 from .accounting import account_stage, outcome_counts
 from .stages import (
-    STAGE_INFO, ShardPlan, finish_interrupted_save, join_stage_columns, load_stage_output, row_keys,
+    JOINED_TO, STAGE_INFO, ShardPlan, finish_interrupted_save, join_stage_columns, load_stage_output, row_keys,
     save_stage_output, source_signature, stage_columns, stage_fingerprint, write_text_atomic,
 )
 from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
@@ -144,24 +144,36 @@ class Pipeline:
         self.timings[stage] = time.perf_counter() - start
         return load_stage_output(stage_dir, fingerprint)
 
-    def _cached_columns(self, stage: str, fingerprint: str, dataset: Dataset, compute, written) -> Dataset:
+    def _cached_columns(self, stage: str, fingerprint: str, dataset: Dataset, compute, written, *,
+                        source: str, split: str | None = None, renamed: dict | None = None) -> Dataset:
         """``compute(stage_dir)``: ``dataset`` with the stage's ``written`` columns joined (its new
         columns, and any input column it replaces), rows in order; cached like :meth:`_cached`.
 
         The stage folder keeps only the ``written`` columns and the row keys (``example_id``,
         and ``target_label`` where rows are per (image, target)), which must be ``dataset``'s
         when read back; the rest is ``dataset`` itself, joined back without copying, so no
-        stage writes its input's images again. Its fingerprint adds the saved columns to
-        ``fingerprint``; a folder that an older dbb_hf saved whole under ``fingerprint`` is
-        still read as it is (:meth:`_full_copy`).
+        stage writes its input's images again. ``dataset`` is the stage folder ``source`` (its
+        ``split``) with the columns ``renamed``, which ``stage.json`` records (:data:`JOINED_TO`)
+        so that :func:`dbb_hf.stages.load_run_stage` gives the whole rows. Its fingerprint adds
+        the saved columns to ``fingerprint``; a folder that an older dbb_hf saved whole under
+        ``fingerprint`` is still read as it is (:meth:`_full_copy`).
         """
         old = self._full_copy(stage, fingerprint)
         if old is not None:
             return old
         written = list(written)
+        source_info = self.out / source / STAGE_INFO
+        joined_to = {
+            "stage": source, "split": split, "renamed": renamed or {},
+            "fingerprint": json.loads(source_info.read_text())["fingerprint"] if source_info.is_file() else None,
+        }
         saved = self._cached(
-            stage, stage_fingerprint(stage, {"saved": [*row_keys(dataset), *written]}, fingerprint),
+            # joined_to in the fingerprint: a folder saved before stages recorded their input is
+            # computed again rather than read as whole rows.
+            stage, stage_fingerprint(stage, {"saved": [*row_keys(dataset), *written], JOINED_TO: [source, split]},
+                                     fingerprint),
             lambda stage_dir: stage_columns(dataset, compute(stage_dir), written, stage),
+            info={JOINED_TO: joined_to},
         )
         return join_stage_columns(dataset, saved, self.out / stage)
 
@@ -277,7 +289,7 @@ class Pipeline:
         model = load_classifier(erm_dir, device=self.device)
         cfg = self.configs
 
-        scored = self.score_split("scores", dataset["train"], model, fp_erm)
+        scored = self.score_split("scores", dataset, "train", model, fp_erm)
         Psi = class_confidence(scored)
 
         fp_sel = stage_fingerprint("selection", cfg["selection"], fp_erm)
@@ -289,7 +301,7 @@ class Pipeline:
             validation = dataset["validation"]
             if cfg["selection"].ti_source == "validation_group" and cfg["selection"].ti_validation_groups is None:
                 # The class's validation group is the one the ERM model fails most on.
-                validation = self.score_split("validation_scores", validation, model, fp_erm)
+                validation = self.score_split("validation_scores", dataset, "validation", model, fp_erm)
             tokens, fp_tok = self._learn_tokens(validation, scored, prompts, fp_sel)
 
         fp_mask = stage_fingerprint(
@@ -298,8 +310,10 @@ class Pipeline:
         )
         # The selection's own mask column is kept as source_mask: masking writes mask anew.
         to_mask, masking = keep_source_mask(selected, cfg["masking"])
-        masked = self._cached_columns("masks", fp_mask, to_mask, lambda d: self._run_masking(to_mask, masking, prompts, d),
-                                      written=MASK_FEATURES)
+        masked = self._cached_columns(
+            "masks", fp_mask, to_mask, lambda d: self._run_masking(to_mask, masking, prompts, d), written=MASK_FEATURES,
+            source="selection", renamed={"mask": "source_mask"} if to_mask is not selected else None,
+        )
         # Every row in is ok or failed with its reason, none lost or duplicated (raises otherwise).
         accounting = {"masks": account_stage("masks", selected, masked)}
 
@@ -308,7 +322,7 @@ class Pipeline:
         )
         generated = self._cached_columns("generation", fp_gen, masked,
                                          lambda d: self._run_generation(masked, prompts, tokens, d),
-                                         written=inpainting_features(cfg["inpainting"].backend))
+                                         written=inpainting_features(cfg["inpainting"].backend), source="masks")
         accounting["generation"] = account_stage("generation", masked, generated)
 
         fp_prune = stage_fingerprint("pruning", cfg["pruning"], fp_gen, fp_erm)
@@ -319,21 +333,22 @@ class Pipeline:
                             model_fingerprint=fp_erm),
                 cfg["pruning"].P, Psi=Psi, psi_rule=cfg["pruning"].psi_rule,
             ),
-            written=[*SCORE_FEATURES, *VERDICT_FEATURES],
+            written=[*SCORE_FEATURES, *VERDICT_FEATURES], source="generation",
         )
         accounting["pruning"] = account_stage("pruning", generated, pruned)
         accounting["outcomes"] = outcome_counts(pruned)
         return pruned, {"Psi": Psi, "P": cfg["pruning"].P, "purity": purity, "tokens": tokens, "fingerprint": fp_prune,
                         "model": model, "accounting": accounting}
 
-    def score_split(self, stage: str, split: Dataset, model, fp_erm: str) -> Dataset:
-        """``split`` with the ERM model's per-image ``erm_loss`` and ``erm_probs``; every process
-        scores its share of the rows. The stage keeps only the scores (and ``example_id``):
+    def score_split(self, stage: str, dataset: DatasetDict, split: str, model, fp_erm: str) -> Dataset:
+        """``dataset[split]`` with the ERM model's per-image ``erm_loss`` and ``erm_probs``; every
+        process scores its share of the rows. The stage keeps only the scores (and ``example_id``):
         a second copy of every training image is not written."""
+        rows = dataset[split]
         return self._cached_columns(
-            stage, fp_erm, split,
-            lambda d: score_dataset(split, model, device=self.device, model_id=fp_erm, processes=self.state),
-            written=ERM_FEATURES,
+            stage, fp_erm, rows,
+            lambda d: score_dataset(rows, model, device=self.device, model_id=fp_erm, processes=self.state),
+            written=ERM_FEATURES, source=DATA_STAGE, split=split,
         )
 
     def _learn_tokens(self, validation, scored, prompts, fp_sel):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from datasets import Dataset, DatasetDict, Features, Image, concatenate_datasets, load_from_disk
+from datasets import config as datasets_config
 from tqdm.auto import tqdm
 
 from .images import UnreadableImageError, decode_image
@@ -244,6 +245,61 @@ def join_stage_columns(dataset: Dataset, saved: Dataset, stage_dir: str | os.Pat
             f"from another input, or edited. Delete {stage_dir} to compute that stage again"
         )
     return join_columns(dataset, saved.remove_columns(keys))
+
+
+# The stage.json key of a stage folder that keeps only its own columns (the pipeline's masks,
+# generation, pruning and scores): {"stage": the run's stage folder holding the input rows,
+# "split": that folder's split (a DatasetDict stage) or None, "renamed": {old: new} columns
+# renamed in the input before the stage ran, "fingerprint": the input stage's fingerprint}.
+JOINED_TO = "joined_to"
+
+
+def _stage_info(stage_dir: Path) -> dict | None:
+    path = stage_dir / STAGE_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_run_stage(run_dir: str | os.PathLike, stage: str) -> Dataset | DatasetDict:
+    """The output of ``stage`` in the run folder ``run_dir``, whole, as the pipeline had it:
+    for a stage folder that keeps only its own columns (:data:`JOINED_TO`), its input's rows
+    (read the same way, stage by stage back to a folder saved whole) with those columns
+    joined; ``augmented`` with its real splits (:func:`dbb_hf.augmented.load_saved`).
+
+    ``load_from_disk(run_dir / stage)`` gives only what the folder holds: for ``masks``, say,
+    the row keys and the mask columns. Raises when a stage is not finished, or when the input
+    it was joined to has since been replaced (a rerun stopped between two stages).
+    """
+    if stage == "augmented":
+        from .augmented import load_saved
+
+        return load_saved(os.path.join(run_dir, stage))
+    return _load_run_stage(Path(run_dir), stage, None)
+
+
+def _load_run_stage(run_dir: Path, stage: str, split: str | None):
+    stage_dir = run_dir / stage
+    info = _stage_info(stage_dir)
+    if info is None:
+        raise FileNotFoundError(f"{stage_dir} is not a finished stage of a run folder (it has no {STAGE_INFO})")
+    if not any((stage_dir / marker).is_file() for marker in (
+            datasets_config.DATASETDICT_JSON_FILENAME, datasets_config.DATASET_STATE_JSON_FILENAME)):
+        raise ValueError(f"{stage_dir} holds no dataset: stage {stage!r} saves a model or files, not rows")
+    saved = load_from_disk(str(stage_dir))
+    joined = info.get(JOINED_TO)
+    if joined is None:  # saved whole
+        return saved if split is None else saved[split]
+    source_dir = run_dir / joined["stage"]
+    found = (_stage_info(source_dir) or {}).get("fingerprint")
+    if found is None or found != joined["fingerprint"]:
+        state = "is not in the run folder" if found is None else f"now holds stage {found}"
+        raise ValueError(
+            f"{stage_dir} keeps only its own columns, joined to the rows of {source_dir} (stage "
+            f"{joined['fingerprint']}), which {state}: rerun the run's command to bring both up to date"
+        )
+    source = _load_run_stage(run_dir, joined["stage"], joined["split"])
+    if joined["renamed"]:
+        source = source.rename_columns(joined["renamed"])
+    return join_stage_columns(source, saved, stage_dir)
 
 
 def apply_stage(

@@ -14,6 +14,7 @@ from dbb_hf.cli import run_pipeline
 from dbb_hf.errors import DatasetFormatError
 from dbb_hf.config import load_yaml
 from dbb_hf.presets import DEMO_PRESET
+from dbb_hf.stages import load_run_stage
 
 SMALL = [
     "--options", "num_train=600", "num_validation=200", "num_test=200", "correlation=0.98",
@@ -95,6 +96,38 @@ def test_stage_folders_hold_one_copy_of_the_source_images(finished):
     shutil.copytree(out / "augmented", moved / "augmented")
     with pytest.raises(DatasetFormatError, match=r"holds only the synthetic split .*data.* is missing\. Rerun"):
         load_augmented(moved)
+
+
+def test_a_run_stage_loads_whole_from_its_own_columns_and_its_input(finished, tmp_path):
+    out, _ = finished
+    data, selection = load_from_disk(str(out / "data")), load_from_disk(str(out / "selection"))
+    pruned = load_run_stage(out, "pruning")
+    # The pruning stage's rows are the selection's, in order, with every later stage's columns
+    # joined: the selection's own mask kept as source_mask, masking's mask, the edit, the verdict.
+    assert pruned["example_id"] == selection["example_id"] and pruned["target_label"] == selection["target_label"]
+    assert pruned.column_names[:len(selection.column_names)] == [
+        "source_mask" if c == "mask" else c for c in selection.column_names]
+    assert {"mask", "generated", "prompt", "rho", "keep"} <= set(pruned.column_names)
+    assert pruned["image"][:3] == selection["image"][:3] and pruned["source_mask"][:3] == selection["mask"][:3]
+    assert pruned["keep"] == load_from_disk(str(out / "pruning"))["keep"]
+    generated = load_run_stage(out, "generation")
+    assert generated["generated"][:3] == pruned["generated"][:3] and "rho" not in generated.column_names
+    scores = load_run_stage(out, "scores")
+    assert scores["example_id"] == data["train"]["example_id"] and len(scores["erm_loss"]) == len(data["train"])
+    assert list(load_run_stage(out, "augmented")) == ["train", "synthetic", "validation", "test"]
+    # A stage whose input was since replaced (a rerun stopped between two stages) is refused, saying so.
+    stale = tmp_path / "stale"
+    shutil.copytree(out, stale)
+    info = json.loads((stale / "generation" / "stage.json").read_text())
+    (stale / "generation" / "stage.json").write_text(json.dumps({**info, "fingerprint": "another"}))
+    with pytest.raises(ValueError, match=r"pruning keeps only its own columns, joined to the rows of .*generation.* "
+                                         r"now holds stage another: rerun"):
+        load_run_stage(stale, "pruning")
+    with pytest.raises(ValueError, match=r"retrained holds no dataset: stage 'retrained' saves a model"):
+        load_run_stage(stale, "retrained")
+    shutil.rmtree(stale / "masks")
+    with pytest.raises(FileNotFoundError, match=r"masks is not a finished stage of a run folder"):
+        load_run_stage(stale, "masks")
 
 
 def test_the_method_repairs_the_shortcut(finished):
