@@ -103,12 +103,12 @@ def test_a_run_stage_loads_whole_from_its_own_columns_and_its_input(finished, tm
     data, selection = load_from_disk(str(out / "data")), load_from_disk(str(out / "selection"))
     pruned = load_run_stage(out, "pruning")
     # The pruning stage's rows are the selection's, in order, with every later stage's columns
-    # joined: the selection's own mask kept as source_mask, masking's mask, the edit, the verdict.
+    # joined: the selection's own columns in place (the column backend copies its mask), then
+    # the edit and the verdict. (The renamed source_mask path: tests/test_demo_diffusion.py.)
     assert pruned["example_id"] == selection["example_id"] and pruned["target_label"] == selection["target_label"]
-    assert pruned.column_names[:len(selection.column_names)] == [
-        "source_mask" if c == "mask" else c for c in selection.column_names]
-    assert {"mask", "generated", "prompt", "rho", "keep"} <= set(pruned.column_names)
-    assert pruned["image"][:3] == selection["image"][:3] and pruned["source_mask"][:3] == selection["mask"][:3]
+    assert pruned.column_names[:len(selection.column_names)] == selection.column_names
+    assert {"generated", "prompt", "rho", "keep"} <= set(pruned.column_names) - set(selection.column_names)
+    assert pruned["image"][:3] == selection["image"][:3] and pruned["mask"][:3] == selection["mask"][:3]
     assert pruned["keep"] == load_from_disk(str(out / "pruning"))["keep"]
     generated = load_run_stage(out, "generation")
     assert generated["generated"][:3] == pruned["generated"][:3] and "rho" not in generated.column_names

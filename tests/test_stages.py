@@ -110,6 +110,10 @@ def _generate(dataset):
     return map_new_columns(dataset, edit, new_features={"mask": Image(), "generated": Image(), "status": Value("string")})
 
 
+# What the generation stage of these tests writes, and the stage folder its input comes from.
+GENERATION = {"written": ["mask", "generated", "status"], "source": "masks"}
+
+
 def _table(dataset):
     return dataset.with_format("arrow")[:]
 
@@ -124,7 +128,7 @@ def test_a_stage_folder_keeps_only_its_own_columns_and_joins_to_the_whole_output
         calls.append(stage_dir)
         return _generate(base)
 
-    joined = run._cached_columns("generation", "fp", base, compute, written=["mask", "generated", "status"])
+    joined = run._cached_columns("generation", "fp", base, compute, **GENERATION)
     # The folder: the row keys and what the stage wrote (the replaced mask too); never the input's image.
     saved = load_from_disk(str(tmp_path / "run" / "generation"))
     assert saved.column_names == ["example_id", "target_label", "mask", "generated", "status"]
@@ -133,28 +137,28 @@ def test_a_stage_folder_keeps_only_its_own_columns_and_joins_to_the_whole_output
     assert _table(joined).equals(_table(expected))
     assert [p.getpixel((0, 0)) for p in joined["mask"]] == [255] * 4  # the replaced column, not the input's
     # A rerun reads the folder and joins it again, computing nothing.
-    again = run._cached_columns("generation", "fp", base, compute, written=["mask", "generated", "status"])
+    again = run._cached_columns("generation", "fp", base, compute, **GENERATION)
     assert len(calls) == 1 and "generation" in run.reused and _table(again).equals(_table(expected))
 
 
 def test_a_stage_folder_of_other_rows_is_refused_naming_it(tmp_path):
     run, base = _pipeline(tmp_path), _edits()
-    run._cached_columns("generation", "fp", base, lambda d: _generate(base), written=["mask", "generated", "status"])
+    run._cached_columns("generation", "fp", base, lambda d: _generate(base), **GENERATION)
     # Same fingerprint, other input rows (a folder copied from another run, or edited by hand).
     other = base.select([0, 2, 1, 3])
     with pytest.raises(ValueError, match=r"run/generation holds the columns of other rows .*row 1 has example_id "
                                          r"'a' where the input has 'b'.*Delete .*generation"):
-        run._cached_columns("generation", "fp", other, lambda d: _generate(other), written=["mask", "generated", "status"])
+        run._cached_columns("generation", "fp", other, lambda d: _generate(other), **GENERATION)
 
 
 def test_a_stage_writing_an_undeclared_column_is_refused(tmp_path):
     run, base = _pipeline(tmp_path), _edits()
     with pytest.raises(ValueError, match=r"stage 'generation' returned columns .*can only keep \['mask', 'generated'\]"):
         # A new column the stage did not name would be missing from its folder.
-        run._cached_columns("generation", "fp", base, lambda d: _generate(base), written=["mask", "generated"])
+        run._cached_columns("generation", "fp", base, lambda d: _generate(base), written=["mask", "generated"],
+                            source="masks")
     with pytest.raises(ValueError, match=r"row 0 has example_id 'b'"):
-        run._cached_columns("generation", "fp", base, lambda d: _generate(base.select([2, 1, 0, 3])),
-                            written=["mask", "generated", "status"])
+        run._cached_columns("generation", "fp", base, lambda d: _generate(base.select([2, 1, 0, 3])), **GENERATION)
 
 
 def test_a_whole_stage_folder_saved_by_an_older_version_is_still_read(tmp_path):
@@ -167,7 +171,7 @@ def test_a_whole_stage_folder_saved_by_an_older_version_is_still_read(tmp_path):
     def compute(stage_dir):
         raise AssertionError("recomputed a stage whose whole output was saved")
 
-    found = run._cached_columns("pruning", "fp-pruning", base, compute, written=["mask", "generated", "status"])
+    found = run._cached_columns("pruning", "fp-pruning", base, compute, **GENERATION)
     assert _table(found).equals(_table(whole)) and run.reused == ["pruning"]
 
 
