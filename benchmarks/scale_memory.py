@@ -16,7 +16,7 @@ and file-backed pages (memory-mapped Arrow files, which the kernel can drop at w
 ``--run`` measures a real-size run's stages instead: a dataset folder of real CelebA faces
 (``--data_dir``, celeba-mini's 5,419 JPEGs repeated) of each size in ``--rows`` goes
 through the pipeline's own stages (``Pipeline.load_data`` and ``Pipeline.generate``:
-data, scores, selection, masks, generation, pruning, then augmented) with offline
+data, scores, selection, masks, generation, pruning, then ``Pipeline.augmented``) with offline
 stand-ins for the models (a random resnet10t at 32 px, the ``column`` masks and the
 ``compose`` generator), each size in a fresh process. Per stage it prints the seconds,
 the peak anonymous and total RSS, and the disk its folder takes; then each figure's
@@ -280,12 +280,11 @@ def run_child(args) -> None:
     torch.manual_seed(args.seed)
     erm_dir = root / f"erm-{args.rows}"
     save_classifier(create_classifier(configs["classifier"], 2).eval(), str(erm_dir), ["not_blond", "blond"])
-    from dbb_hf.augmented import build_augmented
-
     pruned, _ = run.generate(dataset, str(erm_dir), "random-erm")
-    run._cached("augmented", "augmented-" + fp_data, lambda d: build_augmented(dataset, pruned, configs["pruning"].P),
-                main_only=True)
-    figures["run_folder"] = {"disk_bytes": folder_bytes(out)}
+    run.augmented(dataset, pruned, "augmented-" + fp_data, fp_data)
+    # Each folder again at the end: a later stage's cache files beside an earlier stage's would show here.
+    figures["run_folder"] = {"disk_bytes": folder_bytes(out),
+                             "folders_at_end": {p.name: folder_bytes(p) for p in sorted(out.iterdir()) if p.is_dir()}}
     print("RESULT-JSON " + json.dumps(figures))
 
 
@@ -319,6 +318,8 @@ def measure_run(args) -> int:
             data_disk = figures["data"]["disk_bytes"]
             print(f"  run folder {figures['run_folder']['disk_bytes'] / 2**30:.2f} GiB = "
                   f"{figures['run_folder']['disk_bytes'] / data_disk:.2f} x the data stage (copies of the source images)")
+            print("  at the end: " + ", ".join(f"{name} {size / 2**20:.1f} MiB"
+                                              for name, size in figures["run_folder"]["folders_at_end"].items()))
         small, large = min(args.run_rows), max(args.run_rows)
         print(f"ratios {large} / {small} rows (rows ratio {large / small:g}):")
         for stage in RUN_STAGES:

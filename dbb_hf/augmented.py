@@ -7,7 +7,9 @@ provenance columns (``prompt``, ``seed``, ``generator``, ``psi``, ``rho``, ...),
 the two thresholds it passed: ``psi_threshold`` (Psi of its source class) and ``P`` (P of
 its new class), which :func:`thresholds` reads back. :func:`build_augmented` makes it from
 the pruning stage's output (the pipeline, and ``dbb-hf augment``); the run writes it with
-``save_to_disk``; it is published as parquet shards (see :mod:`dbb_hf.hub`).
+``save_to_disk``, its ``augmented/`` holding only the synthetic split when the run keeps the
+data as its ``data/`` stage (:data:`REAL_SPLITS`: the real splits are not written twice); it
+is published complete, as parquet shards (see :mod:`dbb_hf.hub`).
 
 A Hub dataset configuration has one schema for all its splits, while the run's splits
 differ (only edits have ``prompt``, ``psi``, ...). :func:`unify_features` gives every
@@ -113,6 +115,19 @@ def check_augmented(dataset: DatasetDict, source: str) -> DatasetDict:
 
 RUN_AUGMENTED = "augmented"  # where a run folder keeps its augmented dataset
 RUN_CONFIG = "config.yaml"  # what every run folder has, from its first second on
+# The key of a run's augmented/stage.json saying where its real splits are: {"path": the run's
+# data stage folder, relative to augmented/, "fingerprint": that stage's fingerprint}. The
+# pipeline then saves only the synthetic split there: the real splits are the data stage's.
+REAL_SPLITS = "real_splits"
+STAGE_INFO = "stage.json"  # dbb_hf.stages.STAGE_INFO (that module imports datasets' heavier parts)
+
+
+def with_real_splits(synthetic: Dataset, real: DatasetDict) -> DatasetDict:
+    """The augmented dataset of ``synthetic`` and ``real``'s train / validation / test, in the
+    order :func:`build_augmented` gives them."""
+    splits = {"train": real["train"], "synthetic": synthetic}
+    splits.update({name: real[name] for name in OPTIONAL_SPLITS if name in real})
+    return DatasetDict(splits)
 
 
 def _is_saved_to_disk(folder: str) -> bool:
@@ -155,7 +170,43 @@ def load_saved(folder: str) -> DatasetDict:
         else:
             features = DatasetInfo.from_directory(path).features
             loaded[split] = Dataset.from_dict({name: [] for name in features}, features=features, split=split)
-    return DatasetDict(loaded)
+    loaded = DatasetDict(loaded)
+    real = _real_splits(folder)
+    return loaded if real is None else with_real_splits(loaded["synthetic"], load_saved(real))
+
+
+def _saved_fingerprint(folder: str) -> Optional[str]:
+    path = os.path.join(folder, STAGE_INFO)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("fingerprint")
+
+
+def _real_splits(folder: str) -> Optional[str]:
+    """The folder holding the real splits of a run's ``augmented/`` that saved only its synthetic
+    split (its ``stage.json`` says where, see :data:`REAL_SPLITS`), or None (it holds them all).
+
+    Raises when that folder is gone or holds another version of the data than the one the
+    edits were made from, saying what to do.
+    """
+    path = os.path.join(folder, STAGE_INFO)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        record = json.load(f).get(REAL_SPLITS)
+    if record is None:
+        return None
+    real = os.path.normpath(os.path.join(folder, record["path"]))
+    found = _saved_fingerprint(real) if _is_saved_to_disk(real) else None
+    if found != record["fingerprint"]:
+        state = "is missing" if not _is_saved_to_disk(real) else f"now holds data stage {found}"
+        raise DatasetFormatError(
+            f"{folder!r} holds only the synthetic split and reads train, validation and test from the run's "
+            f"data stage {real!r} (data stage {record['fingerprint']}), which {state}. Rerun the run's command "
+            "to rebuild both, or restore that folder"
+        )
+    return real
 
 
 def load_augmented(
@@ -169,8 +220,9 @@ def load_augmented(
     Accepts a Hub dataset id (``"<user>/waterbirds-dbb"``, at ``revision``), a local folder
     in the Hub's layout (what :func:`dbb_hf.hub.save_dataset_folder` writes), the run's
     ``save_to_disk`` folder (``<output_dir>/augmented``), or the run folder itself
-    (``<output_dir>``: its ``augmented/`` is read). Every split gets the shared schema of
-    :func:`unify_features`.
+    (``<output_dir>``: its ``augmented/`` is read; when it holds only the synthetic split, the
+    real splits are read from the run's ``data/``, see :data:`REAL_SPLITS`). Every split gets
+    the shared schema of :func:`unify_features`.
     """
     source = os.fspath(repo_id_or_folder)
     if os.path.isdir(source):
@@ -193,12 +245,14 @@ def load_augmented(
     return check_augmented(unify_features(dataset), source)
 
 
-def build_augmented(dataset: DatasetDict, pruned: Dataset, P) -> DatasetDict:
+def build_augmented(dataset: DatasetDict, pruned: Dataset, P, cache_dir: Optional[str | os.PathLike] = None) -> DatasetDict:
     """Real ``train``, kept edits as ``synthetic`` (label = new class, with provenance), ``validation``, ``test``.
 
     ``pruned`` is the pruning stage's output (``keep``, ``target_label``, ``generated`` and the
     provenance columns) and ``P`` the thresholds it was pruned with (one, or one per class),
-    recorded per edit in the ``P`` column.
+    recorded per edit in the ``P`` column. The synthetic rows are written to a cache file beside
+    ``pruned``'s files, or in ``cache_dir`` when given (the pipeline's stage folder, replaced by
+    the saved stage: no second copy of the edits is left behind).
     """
     from .pruning import thresholds_per_class
 
@@ -230,6 +284,8 @@ def build_augmented(dataset: DatasetDict, pruned: Dataset, P) -> DatasetDict:
     synthetic = kept.map(
         to_synthetic, batched=True, remove_columns=drop + ["target_label"],
         features=_ordered(synthetic_features, features), desc="augmented",
+        cache_file_name=None if cache_dir is None else os.path.join(os.fspath(cache_dir), "synthetic.arrow"),
+        load_from_cache_file=False,  # a file left in cache_dir by a stopped run may hold other edits
     ) if len(kept) else _empty_synthetic(synthetic_features, features)
     return DatasetDict(
         {"train": dataset["train"], "synthetic": synthetic, "validation": dataset["validation"], "test": dataset["test"]}

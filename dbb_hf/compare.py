@@ -232,7 +232,7 @@ def _run_jtt(s: SeedRun):
                                       selection_metric="last")
         stage = "jtt_identification_scores"
     model = load_classifier(ident_dir, device=s.pipeline.device)
-    scored = s.pipeline.score_split(stage, dataset["train"], model, fp_ident)
+    scored = s.pipeline.score_split(stage, dataset, "train", model, fp_ident)
     errors = error_set(scored)
     model_dir = s.train("jtt", [config, fp_ident], train=upsample(dataset["train"], errors, config.lambda_up))[0]
     groups = np.asarray(dataset["train"]["group"])[errors]

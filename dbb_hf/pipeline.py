@@ -26,24 +26,24 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from . import __version__
-from .augmented import FORMAT_VERSION as AUGMENTED_FORMAT, build_augmented, thresholds
+from .augmented import FORMAT_VERSION as AUGMENTED_FORMAT, REAL_SPLITS, build_augmented, thresholds, with_real_splits
 from .config import DataConfig, to_yaml
 from .devices import release_memory, resolve_device
 from .images import keep_rows
-from .inpainting import InpaintingConfig, load_inpainting_pipeline, prepare_donors, run_inpainting
-from .masking import MaskingConfig, keep_source_mask, load_masking_models, run_masking
+from .inpainting import InpaintingConfig, inpainting_features, load_inpainting_pipeline, prepare_donors, run_inpainting
+from .masking import MASK_FEATURES, MaskingConfig, keep_source_mask, load_masking_models, run_masking
 from .modeling import ClassifierConfig, load_classifier
 from .precision import resolve_sections
 from .processes import DEFAULT_TIMEOUT_S, process_state
 from .preflight import preflight, resolve_class_prompts
-from .pruning import PruningConfig, apply_thresholds, class_confidence, score_edits
+from .pruning import SCORE_FEATURES, VERDICT_FEATURES, PruningConfig, apply_thresholds, class_confidence, score_edits
 from .revisions import pin, resolve_run
 from .run_lock import run_folder_lock
 from .selection import ERM_FEATURES, SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
 from .accounting import account_stage, outcome_counts
 from .stages import (
-    STAGE_INFO, ShardPlan, finish_interrupted_save, join_columns, load_stage_output, save_stage_output,
-    source_signature, stage_fingerprint, write_text_atomic,
+    JOINED_TO, STAGE_INFO, ShardPlan, finish_interrupted_save, join_stage_columns, load_stage_output, row_keys,
+    save_stage_output, source_signature, stage_columns, stage_fingerprint, write_text_atomic,
 )
 from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
 from .training import TrainingConfig, evaluate_models, train_classifier
@@ -120,10 +120,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _cached(self, stage: str, fingerprint: str, compute, *, main_only: bool = False):
+    def _cached(self, stage: str, fingerprint: str, compute, *, main_only: bool = False, info: dict | None = None):
         """The saved output of ``stage`` if its fingerprint matches, else ``compute(stage_dir)`` saved
         once, by the main process, and read back by every process. ``main_only``: only the
-        main process computes; the others wait and read what it saved."""
+        main process computes; the others wait and read what it saved. ``info`` joins ``stage.json``."""
         stage_dir = self.out / stage
         start = time.perf_counter()
         if self.state.is_main_process:
@@ -137,12 +137,53 @@ class Pipeline:
         stage_dir.mkdir(parents=True, exist_ok=True)
         result = compute(stage_dir) if self.state.is_main_process or not main_only else None
         if self.state.is_main_process:
-            save_stage_output(stage_dir, result, fingerprint, {"seconds": time.perf_counter() - start})
+            save_stage_output(stage_dir, result, fingerprint, {**(info or {}), "seconds": time.perf_counter() - start})
         del result
         release_memory(self.device)  # the stage's models go before the next stage loads its own
         self.state.wait_for_everyone()
         self.timings[stage] = time.perf_counter() - start
         return load_stage_output(stage_dir, fingerprint)
+
+    def _cached_columns(self, stage: str, fingerprint: str, dataset: Dataset, compute, written, *,
+                        source: str, split: str | None = None, renamed: dict | None = None) -> Dataset:
+        """``compute(stage_dir)``: ``dataset`` with the stage's ``written`` columns joined (its new
+        columns, and any input column it replaces), rows in order; cached like :meth:`_cached`.
+
+        The stage folder keeps only the ``written`` columns and the row keys (``example_id``,
+        and ``target_label`` where rows are per (image, target)), which must be ``dataset``'s
+        when read back; the rest is ``dataset`` itself, joined back without copying, so no
+        stage writes its input's images again. ``dataset`` is the stage folder ``source`` (its
+        ``split``) with the columns ``renamed``, which ``stage.json`` records (:data:`JOINED_TO`)
+        so that :func:`dbb_hf.stages.load_run_stage` gives the whole rows. Its fingerprint adds
+        the saved columns to ``fingerprint``; a folder that an older dbb_hf saved whole under
+        ``fingerprint`` is still read as it is (:meth:`_full_copy`).
+        """
+        old = self._full_copy(stage, fingerprint)
+        if old is not None:
+            return old
+        written = list(written)
+        source_info = self.out / source / STAGE_INFO
+        joined_to = {
+            "stage": source, "split": split, "renamed": renamed or {},
+            "fingerprint": json.loads(source_info.read_text())["fingerprint"] if source_info.is_file() else None,
+        }
+        saved = self._cached(
+            # joined_to in the fingerprint: a folder saved before stages recorded their input is
+            # computed again rather than read as whole rows.
+            stage, stage_fingerprint(stage, {"saved": [*row_keys(dataset), *written], JOINED_TO: [source, split]},
+                                     fingerprint),
+            lambda stage_dir: stage_columns(dataset, compute(stage_dir), written, stage),
+            info={JOINED_TO: joined_to},
+        )
+        return join_stage_columns(dataset, saved, self.out / stage)
+
+    def _full_copy(self, stage: str, fingerprint: str):
+        """The whole output that a dbb_hf before column-only stage folders saved for ``stage``
+        with ``fingerprint`` (it holds the same rows and values), or None."""
+        found = load_stage_output(self.out / stage, fingerprint)
+        if found is not None:
+            self.reused.append(stage)
+        return found
 
     def _claim(self, stage: str, fingerprint: str) -> bool:
         """Whether ``stage`` (trained in its folder: checkpoints, then a model) finished with
@@ -184,7 +225,7 @@ class Pipeline:
             self.timings["data"] = time.perf_counter() - start
             return dataset, fp
         # Decoding every image is the main process's work; the others read the saved stage.
-        return self._cached("data", fp, lambda stage_dir: self._load_checked(fp), main_only=True), fp
+        return self._cached(DATA_STAGE, fp, lambda stage_dir: self._load_checked(fp), main_only=True), fp
 
     def _load_checked(self, fingerprint: str) -> DatasetDict:
         """The data with every image decoded once: unreadable ones raise or are dropped
@@ -248,11 +289,11 @@ class Pipeline:
         model = load_classifier(erm_dir, device=self.device)
         cfg = self.configs
 
-        scored = self.score_split("scores", dataset["train"], model, fp_erm)
+        scored = self.score_split("scores", dataset, "train", model, fp_erm)
         Psi = class_confidence(scored)
 
         fp_sel = stage_fingerprint("selection", cfg["selection"], fp_erm)
-        selected = self._cached("selection", fp_sel, lambda d: select_lowest_loss(scored, cfg["selection"]))
+        selected = self._cached("selection", fp_sel, lambda d: select_lowest_loss(scored, cfg["selection"], cache_dir=d))
         purity = selection_purity(selected, dataset["train"]) if "group" in selected.column_names else None
 
         tokens, fp_tok = None, fp_sel
@@ -260,51 +301,55 @@ class Pipeline:
             validation = dataset["validation"]
             if cfg["selection"].ti_source == "validation_group" and cfg["selection"].ti_validation_groups is None:
                 # The class's validation group is the one the ERM model fails most on.
-                validation = self.score_split("validation_scores", validation, model, fp_erm)
+                validation = self.score_split("validation_scores", dataset, "validation", model, fp_erm)
             tokens, fp_tok = self._learn_tokens(validation, scored, prompts, fp_sel)
 
         fp_mask = stage_fingerprint(
             "masks", cfg["masking"], prompts, fp_sel,
             local_models(cfg["masking"].detector_id, cfg["masking"].segmenter_id),
         )
-        masked = self._cached("masks", fp_mask, lambda d: self._run_masking(selected, prompts, d))
+        # The selection's own mask column is kept as source_mask: masking writes mask anew.
+        to_mask, masking = keep_source_mask(selected, cfg["masking"])
+        masked = self._cached_columns(
+            "masks", fp_mask, to_mask, lambda d: self._run_masking(to_mask, masking, prompts, d), written=MASK_FEATURES,
+            source="selection", renamed={"mask": "source_mask"} if to_mask is not selected else None,
+        )
         # Every row in is ok or failed with its reason, none lost or duplicated (raises otherwise).
         accounting = {"masks": account_stage("masks", selected, masked)}
 
         fp_gen = stage_fingerprint(
             "generation", cfg["inpainting"], prompts, fp_mask, fp_tok, local_models(cfg["inpainting"].model_id)
         )
-        generated = self._cached("generation", fp_gen, lambda d: self._run_generation(masked, prompts, tokens, d))
+        generated = self._cached_columns("generation", fp_gen, masked,
+                                         lambda d: self._run_generation(masked, prompts, tokens, d),
+                                         written=inpainting_features(cfg["inpainting"].backend), source="masks")
         accounting["generation"] = account_stage("generation", masked, generated)
 
         fp_prune = stage_fingerprint("pruning", cfg["pruning"], fp_gen, fp_erm)
-        pruned = self._cached(
-            "pruning", fp_prune,
+        pruned = self._cached_columns(
+            "pruning", fp_prune, generated,
             lambda d: apply_thresholds(
                 score_edits(generated, model, cfg["pruning"], Psi=Psi, output_dir=d, shards=self._shards(),
                             model_fingerprint=fp_erm),
                 cfg["pruning"].P, Psi=Psi, psi_rule=cfg["pruning"].psi_rule,
             ),
+            written=[*SCORE_FEATURES, *VERDICT_FEATURES], source="generation",
         )
         accounting["pruning"] = account_stage("pruning", generated, pruned)
         accounting["outcomes"] = outcome_counts(pruned)
         return pruned, {"Psi": Psi, "P": cfg["pruning"].P, "purity": purity, "tokens": tokens, "fingerprint": fp_prune,
                         "model": model, "accounting": accounting}
 
-    def score_split(self, stage: str, split: Dataset, model, fp_erm: str) -> Dataset:
-        """``split`` with the ERM model's per-image ``erm_loss`` and ``erm_probs``; every process
-        scores its share of the rows. The stage keeps only the scores (and ``example_id``),
-        joined to the split's rows when read: a second copy of every training image is not written."""
-        columns = ["example_id", *ERM_FEATURES]
-        scores = self._cached(
-            stage, stage_fingerprint(stage, {"saved": columns}, fp_erm),
-            lambda d: score_dataset(split, model, device=self.device, model_id=fp_erm,
-                                    processes=self.state).select_columns(columns),
+    def score_split(self, stage: str, dataset: DatasetDict, split: str, model, fp_erm: str) -> Dataset:
+        """``dataset[split]`` with the ERM model's per-image ``erm_loss`` and ``erm_probs``; every
+        process scores its share of the rows. The stage keeps only the scores (and ``example_id``):
+        a second copy of every training image is not written."""
+        rows = dataset[split]
+        return self._cached_columns(
+            stage, fp_erm, rows,
+            lambda d: score_dataset(rows, model, device=self.device, model_id=fp_erm, processes=self.state),
+            written=ERM_FEATURES, source=DATA_STAGE, split=split,
         )
-        if list(scores["example_id"]) != list(split["example_id"]):
-            raise ValueError(f"{self.out / stage} holds the scores of other rows than the split it scores; "
-                             "delete that folder to score again")
-        return join_columns(split, scores.remove_columns("example_id"))
 
     def _learn_tokens(self, validation, scored, prompts, fp_sel):
         cfg = self.configs
@@ -327,8 +372,7 @@ class Pipeline:
         self.timings["tokens"] = time.perf_counter() - start
         return [tokens[c] for c in range(len(prompts))], fp
 
-    def _run_masking(self, selected: Dataset, prompts, stage_dir: Path) -> Dataset:
-        selected, config = keep_source_mask(selected, self.configs["masking"])
+    def _run_masking(self, selected: Dataset, config: MaskingConfig, prompts, stage_dir: Path) -> Dataset:
         models = load_masking_models(config, self.device) if config.loads_models() else None
         # With more than two classes an image has one row per target class (adjacent); its
         # mask depends on the image and its own class only, so each image is masked once.
@@ -386,14 +430,37 @@ class Pipeline:
         else:
             pruned, info = self.generate(dataset, erm_dir, fp_erm)
             fp_aug = stage_fingerprint("augmented", info["fingerprint"], fp_data, AUGMENTED_FORMAT)
-            P = self.configs["pruning"].P
-            augmented = self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned, P), main_only=True)
+            augmented = self.augmented(dataset, pruned, fp_aug, fp_data)
         info["dropped_images"] = self.dropped_images(fp_data)
         retrained_dir, fp_retrained = self.retrain(augmented, erm_dir, fp_aug, fp_erm)
         fp_report = stage_fingerprint(
             "report", self.run.num_grid_examples, fp_data, fp_erm, fp_retrained, info.get("fingerprint")
         )
         return self.report(dataset, augmented, pruned, erm_dir, retrained_dir, info, fp_report)
+
+    def augmented(self, dataset: DatasetDict, pruned: Dataset, fp_aug: str, fp_data: str) -> DatasetDict:
+        """The augmented dataset (:func:`build_augmented`), saved as the ``augmented`` stage.
+
+        When the data is this run's ``data`` stage, ``augmented/`` keeps only the synthetic
+        split and records where the real splits are (``../data`` and its fingerprint, in
+        ``stage.json``: see :data:`dbb_hf.augmented.REAL_SPLITS`), so ``load_augmented`` of the
+        run folder or of ``augmented/`` gives all four splits. A Hub dataset is not kept in the
+        run folder (:meth:`load_data`): its splits are then written in ``augmented/``.
+        """
+        P = self.configs["pruning"].P
+        if _saved_fingerprint(self.out / DATA_STAGE / STAGE_INFO) != fp_data:
+            return self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned, P, cache_dir=d),
+                                main_only=True)
+        old = self._full_copy("augmented", fp_aug)
+        if old is not None:
+            return old
+        record = {"path": f"../{DATA_STAGE}", "fingerprint": fp_data}
+        saved = self._cached(
+            "augmented", stage_fingerprint("augmented", {"saved": ["synthetic"], REAL_SPLITS: record["path"]}, fp_aug),
+            lambda d: DatasetDict({"synthetic": build_augmented(dataset, pruned, P, cache_dir=d)["synthetic"]}),
+            main_only=True, info={REAL_SPLITS: record},
+        )
+        return with_real_splits(saved["synthetic"], dataset)
 
     def _write_config(self) -> None:
         """``config.yaml``: the run's configs as given (precision resolved) and the version
@@ -466,6 +533,7 @@ class Pipeline:
         return report
 
 
+DATA_STAGE = "data"  # the stage folder of the loaded benchmark (augmented/ reads its real splits there)
 STARTED = "started.json"  # the fingerprint of the run training in a stage folder
 DROPPED_IMAGES = "dropped_images.json"  # rows whose image could not be read, dropped at load
 

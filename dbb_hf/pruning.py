@@ -61,7 +61,7 @@ from .images import to_rgb
 # Under another name: score_edits' model_fingerprint argument (a given digest) would hide it.
 from .modeling import data_config, geometric_transform
 from .modeling import model_fingerprint as weights_fingerprint
-from .stages import ImageGuard, ShardPlan, run_stage, stage_fingerprint, with_new_features
+from .stages import ImageGuard, ShardPlan, map_new_columns, run_stage, stage_fingerprint
 
 IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 IG_TARGETS = ("target", "source")
@@ -661,12 +661,14 @@ def apply_thresholds(
             raise ValueError(f"Psi has {len(Psi)} values but there are {num_classes} classes")
     scored = scored.remove_columns([c for c in VERDICT_FEATURES if c in scored.column_names])
     status_columns = [c for c in ("generation_status", "score_status") if c in scored.column_names]
-    return scored.map(
+    # Only the verdict columns are written (a map returning the whole rows would write every
+    # image again, into a cache file beside the input's files).
+    return map_new_columns(
+        scored,
         _verdict_batch,
-        batched=True,
         input_columns=["psi", "rho", "psi_threshold" if Psi is None else "label", "target_label", *status_columns],
         fn_kwargs={"P": P, "Psi": Psi, "psi_rule": psi_rule, "status_columns": status_columns},
-        features=with_new_features(scored, VERDICT_FEATURES),
+        new_features=VERDICT_FEATURES,
         new_fingerprint=stage_fingerprint(
             "pruning-thresholds", {"P": P, "psi_rule": psi_rule, "Psi": Psi}, scored._fingerprint
         ),

@@ -230,14 +230,16 @@ def _scores(dataset: Dataset, what: str):
     return np.asarray(dataset["label"]), losses, ids
 
 
-def select_lowest_loss(scored_train: Dataset, config: SelectionConfig) -> Dataset:
+def select_lowest_loss(scored_train: Dataset, config: SelectionConfig, cache_dir: str | os.PathLike | None = None) -> Dataset:
     """The K_i lowest-loss images of each class i, each with the `target_label` to edit it into.
 
     Rows keep all their columns and come class by class, by ascending loss (ties broken by
     `example_id`). With two classes the target is the other class. With more, an image
     gets one row per other class, so every class receives edits from every other class's
     majority; rows of one image are adjacent. A count larger than the class takes the
-    whole class (with a warning).
+    whole class (with a warning). The selected rows are written once, by ``add_column``, to a
+    cache file beside the input's files, or in ``cache_dir`` when given (the pipeline's stage
+    folder, replaced by the saved stage: no second copy of those images is left behind).
     """
     labels, losses, ids = _scores(scored_train, "select_lowest_loss")
     names = scored_train.features["label"].names
@@ -262,6 +264,11 @@ def select_lowest_loss(scored_train: Dataset, config: SelectionConfig) -> Datase
             rows += [index] * len(others)
             targets += others
     selected = scored_train.select(rows)
+    if cache_dir is not None:
+        path = os.path.join(os.fspath(cache_dir), "selected.arrow")
+        if os.path.exists(path):  # left by a run stopped before its stage was saved: maybe another selection
+            os.remove(path)
+        selected = selected.flatten_indices(cache_file_name=path)
     return selected.add_column("target_label", targets, feature=ClassLabel(names=names))
 
 

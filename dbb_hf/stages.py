@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from datasets import Dataset, DatasetDict, Features, Image, concatenate_datasets, load_from_disk
+from datasets import config as datasets_config
 from tqdm.auto import tqdm
 
 from .images import UnreadableImageError, decode_image
@@ -180,10 +181,125 @@ def join_columns(dataset: Dataset, new: Dataset) -> Dataset:
     if len(new) != len(dataset):
         raise ValueError(f"cannot join {len(new)} rows of {new.column_names} to {len(dataset)} rows")
     replaced = [c for c in new.column_names if c in dataset.column_names]
-    joined = concatenate_datasets([dataset.remove_columns(replaced), new], axis=1)
     if not replaced:
-        return joined
-    return joined.select_columns(dataset.column_names + [c for c in new.column_names if c not in replaced])
+        return concatenate_datasets([dataset, new], axis=1)
+    # Concatenated column by column, not reordered afterwards with select_columns: datasets
+    # keeps a reordered table's memory-mapped blocks in their old order, and the next
+    # axis=1 concatenation puts the columns back in that order (a replaced column would
+    # move to the end of the stage after next).
+    added = [c for c in new.column_names if c not in replaced]
+    pieces = [(new if c in replaced else dataset).select_columns([c]) for c in dataset.column_names]
+    return concatenate_datasets(pieces + ([new.select_columns(added)] if added else []), axis=1)
+
+
+# What identifies a row of a stage's input: its image, and where rows are per (image,
+# target class) from the selection on, the target too.
+ROW_KEYS = ("example_id", "target_label")
+
+
+def row_keys(dataset: Dataset) -> list[str]:
+    """The :data:`ROW_KEYS` that ``dataset`` has."""
+    return [key for key in ROW_KEYS if key in dataset.column_names]
+
+
+def _first_other_row(dataset: Dataset, other: Dataset, keys: Sequence[str]) -> str | None:
+    """None when ``other`` holds ``dataset``'s rows in order (by ``keys``), else where it does not."""
+    if len(other) != len(dataset):
+        return f"{len(other)} rows where the input has {len(dataset)}"
+    mine, theirs = dataset.select_columns(keys).to_dict(), other.select_columns(keys).to_dict()
+    for key in keys:
+        for i, (a, b) in enumerate(zip(mine[key], theirs[key])):
+            if a != b:
+                return f"row {i} has {key} {b!r} where the input has {a!r}"
+    return None
+
+
+def stage_columns(dataset: Dataset, result: Dataset, written: Sequence[str], stage: str) -> Dataset:
+    """What a stage folder keeps of ``result`` (``dataset`` with the stage's columns joined by
+    :func:`join_columns`): the row keys and the ``written`` columns (new, or input columns the
+    stage replaced); :func:`join_stage_columns` puts ``result`` back together from them.
+
+    Raises when ``result`` is not ``dataset``'s rows in order with only ``written`` columns
+    joined, since joining the saved columns back to ``dataset`` would then not give ``result``.
+    """
+    keys, written = row_keys(dataset), [c for c in result.column_names if c in written]
+    joined = [c for c in dataset.column_names] + [c for c in written if c not in dataset.column_names]
+    where = _first_other_row(dataset, result, keys)
+    if result.column_names != joined or where is not None:
+        raise ValueError(
+            f"stage {stage!r} returned columns {result.column_names} ({where or 'rows in order'}); the stage "
+            f"folder can only keep {written} if the rest is its input's columns {dataset.column_names}, rows in order"
+        )
+    return result.select_columns([*keys, *written])
+
+
+def join_stage_columns(dataset: Dataset, saved: Dataset, stage_dir: str | os.PathLike) -> Dataset:
+    """``dataset`` with the columns a stage saved (:func:`stage_columns`) joined, after checking
+    that the saved row keys are ``dataset``'s, in order."""
+    keys = row_keys(dataset)
+    where = _first_other_row(dataset, saved, keys) if set(keys) <= set(saved.column_names) else (
+        f"no {keys} columns")
+    if where is not None:
+        raise ValueError(
+            f"{stage_dir} holds the columns of other rows than its input ({where}): the folder was made "
+            f"from another input, or edited. Delete {stage_dir} to compute that stage again"
+        )
+    return join_columns(dataset, saved.remove_columns(keys))
+
+
+# The stage.json key of a stage folder that keeps only its own columns (the pipeline's masks,
+# generation, pruning and scores): {"stage": the run's stage folder holding the input rows,
+# "split": that folder's split (a DatasetDict stage) or None, "renamed": {old: new} columns
+# renamed in the input before the stage ran, "fingerprint": the input stage's fingerprint}.
+JOINED_TO = "joined_to"
+
+
+def _stage_info(stage_dir: Path) -> dict | None:
+    path = stage_dir / STAGE_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_run_stage(run_dir: str | os.PathLike, stage: str) -> Dataset | DatasetDict:
+    """The output of ``stage`` in the run folder ``run_dir``, whole, as the pipeline had it:
+    for a stage folder that keeps only its own columns (:data:`JOINED_TO`), its input's rows
+    (read the same way, stage by stage back to a folder saved whole) with those columns
+    joined; ``augmented`` with its real splits (:func:`dbb_hf.augmented.load_saved`).
+
+    ``load_from_disk(run_dir / stage)`` gives only what the folder holds: for ``masks``, say,
+    the row keys and the mask columns. Raises when a stage is not finished, or when the input
+    it was joined to has since been replaced (a rerun stopped between two stages).
+    """
+    if stage == "augmented":
+        from .augmented import load_saved
+
+        return load_saved(os.path.join(run_dir, stage))
+    return _load_run_stage(Path(run_dir), stage, None)
+
+
+def _load_run_stage(run_dir: Path, stage: str, split: str | None):
+    stage_dir = run_dir / stage
+    info = _stage_info(stage_dir)
+    if info is None:
+        raise FileNotFoundError(f"{stage_dir} is not a finished stage of a run folder (it has no {STAGE_INFO})")
+    if not any((stage_dir / marker).is_file() for marker in (
+            datasets_config.DATASETDICT_JSON_FILENAME, datasets_config.DATASET_STATE_JSON_FILENAME)):
+        raise ValueError(f"{stage_dir} holds no dataset: stage {stage!r} saves a model or files, not rows")
+    saved = load_from_disk(str(stage_dir))
+    joined = info.get(JOINED_TO)
+    if joined is None:  # saved whole
+        return saved if split is None else saved[split]
+    source_dir = run_dir / joined["stage"]
+    found = (_stage_info(source_dir) or {}).get("fingerprint")
+    if found is None or found != joined["fingerprint"]:
+        state = "is not in the run folder" if found is None else f"now holds stage {found}"
+        raise ValueError(
+            f"{stage_dir} keeps only its own columns, joined to the rows of {source_dir} (stage "
+            f"{joined['fingerprint']}), which {state}: rerun the run's command to bring both up to date"
+        )
+    source = _load_run_stage(run_dir, joined["stage"], joined["split"])
+    if joined["renamed"]:
+        source = source.rename_columns(joined["renamed"])
+    return join_stage_columns(source, saved, stage_dir)
 
 
 def apply_stage(

@@ -29,7 +29,7 @@ from dbb_hf.modeling import eval_transform
 from dbb_hf.presets import DEMO_PRESET
 from dbb_hf.pruning import PruningConfig, apply_thresholds, score_edits
 from dbb_hf.selection import score_dataset
-from dbb_hf.stages import UnreadableRowsError
+from dbb_hf.stages import UnreadableRowsError, load_run_stage
 from dbb_hf.tiny.detection import save_tiny_grounding_dino, save_tiny_sam
 from dbb_hf.tiny.diffusion import save_tiny_inpaint_pipeline
 
@@ -545,7 +545,7 @@ def test_a_run_with_bad_rows_finishes_and_accounts_for_every_row(tmp_path, monke
 
     # Every selected row appears exactly once in the final accounting, with its reason.
     selected = load_from_disk(str(out / "selection"))
-    pruned = load_from_disk(str(out / "pruning"))
+    pruned = load_run_stage(out, "pruning")
     outcomes = row_outcomes(pruned)
     keys = [(e, t) for e, t, _ in outcomes]
     assert sorted(keys) == sorted(zip(selected["example_id"], selected["target_label"]))
@@ -569,6 +569,6 @@ def test_a_run_with_bad_rows_finishes_and_accounts_for_every_row(tmp_path, monke
         assert total["input"] == len(selected)
         assert total["input"] == sum(v for k, v in total.items() if k in ("ok", "kept", "pruned", "failed"))
     assert sum(sum(c.values()) for c in accounting["outcomes"].values()) == len(selected)
-    assert sum(c["kept"] for c in saved["counts"].values()) == len(load_from_disk(str(out / "augmented"))["synthetic"])
+    assert sum(c["kept"] for c in saved["counts"].values()) == len(load_run_stage(out, "augmented")["synthetic"])
     assert "Outcome of every selected row" in (out / "report.md").read_text()
     assert report["accounting"] == accounting

@@ -24,6 +24,7 @@ import pytest
 from datasets import Dataset, load_from_disk
 from safetensors import safe_open
 
+from dbb_hf.augmented import load_augmented
 from dbb_hf.stages import finish_interrupted_save, load_stage_output, save_stage_output
 
 RUNNER = Path(__file__).with_name("crash_runner.py")
@@ -61,11 +62,11 @@ def safetensors_content(path: Path) -> tuple[dict, dict]:
 
 def artifacts(out: Path) -> dict:
     """Everything a user takes away from a run, in comparable form."""
-    augmented = load_from_disk(str(out / "augmented"))
+    augmented = load_augmented(out)  # augmented/'s synthetic split and the data stage's real splits
     report = json.loads((out / "report.json").read_text())
     return {
         "augmented": {name: split.data.table for name, split in augmented.items()},
-        "pruning": load_from_disk(str(out / "pruning")).data.table,
+        "pruning": load_from_disk(str(out / "pruning")).data.table,  # the scores and verdicts, by row key
         # Files compared byte for byte; the token file by content (every tensor's bytes
         # and the metadata), which is what loading it reads.
         "weights": {name: sha256(out / name) for name in ("erm/model/model.safetensors", "retrained/model/model.safetensors")},
@@ -148,10 +149,10 @@ def test_killed_at_every_stage_and_rerun_gives_the_uninterrupted_result(referenc
 
 def file_hashes(out: Path) -> dict:
     """sha256 of the data and weight files a user takes away: the datasets' Arrow files and
-    their JSON descriptions, the models' weights (safetensors with one metadata key) and
+    their JSON descriptions (data/ holds the augmented dataset's real splits), the models' weights (safetensors with one metadata key) and
     configs. (``stage.json`` holds timings and ``dbb_hf.json`` the output folder: not hashed.)"""
     names = ("dataset_info.json", "state.json", "dataset_dict.json", "config.json")
-    files = [p for folder in ("augmented", "erm/model", "retrained/model") for p in sorted((out / folder).rglob("*"))]
+    files = [p for folder in ("data", "augmented", "erm/model", "retrained/model") for p in sorted((out / folder).rglob("*"))]
     return {str(p.relative_to(out)): sha256(p) for p in files if p.suffix in (".arrow", ".safetensors") or p.name in names}
 
 

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from datasets import ClassLabel, Dataset, Features, Value, load_from_disk
+from datasets import ClassLabel, Dataset, Features, Value
 
 from dbb_hf.cli import main
 from dbb_hf.masking import region_mask
@@ -15,6 +15,7 @@ from dbb_hf.miniature import PRIOR_PATH
 from dbb_hf.presets import MINIATURE_PRIOR, demo_preset
 from dbb_hf.report import pruning_counts
 from dbb_hf.tiny.diffusion import save_tiny_inpaint_pipeline
+from dbb_hf.stages import load_run_stage
 
 SMALL = [
     "--options", "num_train=200", "num_validation=40", "num_test=40", "correlation=0.98",
@@ -68,7 +69,7 @@ def test_diffusion_demo_learns_tokens_inpaints_square_boxes_and_prunes(run, tiny
     assert report["models"]["inpainting"] == {"backend": "diffusers", "id": tiny_prior, "revision": "main"}
     assert report["tokens"] == ["<dbb-horizontal_bar>", "<dbb-vertical_bar>"]
     assert (out / "tokens" / "learned_embeds.safetensors").exists()
-    pruned = load_from_disk(str(out / "pruning"))
+    pruned = load_run_stage(out, "pruning")
     assert len(pruned) == 12
     edited = pruned.filter(lambda s: s == "ok", input_columns="generation_status")
     assert len(edited) == 12  # every ground-truth mask is non-empty
@@ -83,7 +84,7 @@ def test_diffusion_demo_learns_tokens_inpaints_square_boxes_and_prunes(run, tiny
         assert row["prompt"] == f"a photo of a {report['tokens'][row['target_label']]} bar"
         assert row["generator"] == f"diffusers:{tiny_prior}@main"
     # Every generated edit is kept or pruned by a named rule, and the kept ones are the synthetic rows.
-    synthetic = load_from_disk(str(out / "augmented"))["synthetic"]
+    synthetic = load_run_stage(out, "augmented")["synthetic"]
     assert len(synthetic) == sum(c["kept"] for c in report["pruning"].values()) == sum(pruned["keep"])
     for direction, c in report["pruning"].items():
         assert c["selected"] == 6 == c["kept"] + c["psi_rule_only"] + c["rho_rule_only"] + c["both_rules"]
@@ -97,7 +98,7 @@ def test_diffusion_demo_learns_tokens_inpaints_square_boxes_and_prunes(run, tiny
 def test_diffusion_demo_is_deterministic(run, tiny_prior, tmp_path):
     out, report = run
     again = _demo(tmp_path / "again", tiny_prior)
-    a, b = load_from_disk(str(out / "pruning")), load_from_disk(str(tmp_path / "again" / "pruning"))
+    a, b = load_run_stage(out, "pruning"), load_run_stage(tmp_path / "again", "pruning")
     for x, y in zip(a["generated"], b["generated"]):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     assert a["rho"] == b["rho"] and a["keep"] == b["keep"]

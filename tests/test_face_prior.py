@@ -14,6 +14,7 @@ from PIL import Image
 
 from dbb_hf.masking import MASK_FEATURES, OK, MaskingConfig, run_masking
 from dbb_hf.masking_template import FACE_ELLIPSE, HEAD_ELLIPSE, hair_template
+from dbb_hf.stages import load_run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "face_means"
@@ -326,7 +327,7 @@ def test_celeba_recipe_miniature_preset_runs_the_method_on_faces_with_the_shippe
                                                             "blond/male"}
     # Every selected image was masked with the hair template of its own size and repainted
     # inside that mask only, with the learned token of the other class.
-    edits = load_from_disk(str(out / "generation"))
+    edits = load_run_stage(out, "generation")
     assert len(edits) == len(load_from_disk(str(out / "selection"))) > 0
     assert set(edits["generation_status"]) == {"ok"}
     for row in edits:

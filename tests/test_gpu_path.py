@@ -189,7 +189,7 @@ def test_the_scores_stage_is_written_once_and_holds_only_the_scores(tmp_path, ti
         return save(self, path, *args, **kwargs)
 
     monkeypatch.setattr(Dataset, "save_to_disk", counting)
-    scored = run.score_split("scores", toy["train"], classifier(), "erm-fingerprint")
+    scored = run.score_split("scores", toy, "train", classifier(), "erm-fingerprint")
     assert len(saved) == 1 and not (tmp_path / "run" / "scores" / "main").exists()
     # The stage keeps the scores only; the split's images are not copied into it.
     assert load_from_disk(str(tmp_path / "run" / "scores")).column_names == ["example_id", "erm_loss", "erm_probs"]

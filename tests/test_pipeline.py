@@ -9,9 +9,12 @@ import pytest
 from datasets import load_from_disk
 
 import dbb_hf.inpainting as inpainting
+from dbb_hf.augmented import load_augmented
 from dbb_hf.cli import run_pipeline
+from dbb_hf.errors import DatasetFormatError
 from dbb_hf.config import load_yaml
 from dbb_hf.presets import DEMO_PRESET
+from dbb_hf.stages import load_run_stage
 
 SMALL = [
     "--options", "num_train=600", "num_validation=200", "num_test=200", "correlation=0.98",
@@ -44,7 +47,7 @@ def test_run_writes_every_artifact(finished):
         assert 0.0 <= saved[model]["worst_group_accuracy"] <= saved[model]["average_accuracy"] <= 1.0
         assert set(saved[model]["per_group_accuracy"]) == {
             "horizontal_bar/land", "horizontal_bar/water", "vertical_bar/land", "vertical_bar/water"}
-    augmented = load_from_disk(str(out / "augmented"))
+    augmented = load_augmented(out)
     assert set(augmented) == {"train", "synthetic", "validation", "test"}
     assert len(augmented["train"]) == 600
     synthetic = augmented["synthetic"]
@@ -53,13 +56,78 @@ def test_run_writes_every_artifact(finished):
         assert column in synthetic.column_names
     assert all(synthetic["keep"])
     assert synthetic["label"] == [1 - s for s in synthetic["source_label"]]  # edits carry their NEW label
-    # Every selected row is accounted for: kept, pruned or failed, with the reason.
+    # Every selected row is accounted for: kept, pruned or failed, with the reason (the
+    # pruning folder holds the verdicts by row key).
     pruned = load_from_disk(str(out / "pruning"))
     assert len(pruned) == sum(c["selected"] for c in saved["counts"].values()) == 300
     reasons = pruned["prune_reason"]
     assert all((r == "") == k for r, k in zip(reasons, pruned["keep"]))
     config = (out / "config.yaml").read_text()
     assert "num_train=600" in config and "retraining" in config
+
+
+def test_stage_folders_hold_one_copy_of_the_source_images(finished):
+    out, _ = finished
+    keys = ["example_id", "target_label"]
+    # Each stage folder: the row keys and the columns that stage wrote, no image it did not make.
+    assert load_from_disk(str(out / "masks")).column_names == [*keys, "mask", "mask_box", "mask_score", "mask_status"]
+    assert load_from_disk(str(out / "generation")).column_names == [
+        *keys, "generated", "generated_mask", "prompt", "seed", "generator", "generation_status", "donor_example_id"]
+    assert load_from_disk(str(out / "pruning")).column_names == [
+        *keys, "psi", "rho", "psi_threshold", "ig_target", "score_status", "keep", "prune_reason"]
+    # augmented/ holds the edits; its real splits are the data stage's, read from ../data.
+    assert list(load_from_disk(str(out / "augmented"))) == ["synthetic"]
+    info = json.loads((out / "augmented" / "stage.json").read_text())
+    assert info["real_splits"] == {"path": "../data", "fingerprint": json.loads((out / "data" / "stage.json").read_text())[
+        "fingerprint"]}
+    data, synthetic = load_from_disk(str(out / "data")), load_from_disk(str(out / "augmented"))["synthetic"]
+    for source in (out, out / "augmented"):
+        augmented = load_augmented(source)
+        assert list(augmented) == ["train", "synthetic", "validation", "test"]
+        for split in ("train", "validation", "test"):
+            assert augmented[split]["example_id"] == data[split]["example_id"]
+            assert augmented[split]["image"][:3] == data[split]["image"][:3]
+        assert augmented["synthetic"]["example_id"] == synthetic["example_id"]
+        # One schema for every split, as a Hub dataset has: the real rows get null edit columns.
+        assert augmented["train"].features == augmented["synthetic"].features
+        assert augmented["train"]["psi"][:2] == [None, None]
+    # Without the data stage it was made from, the error says so and what to do.
+    moved = out.parent / f"{out.name}-augmented-only"
+    shutil.copytree(out / "augmented", moved / "augmented")
+    with pytest.raises(DatasetFormatError, match=r"holds only the synthetic split .*data.* is missing\. Rerun"):
+        load_augmented(moved)
+
+
+def test_a_run_stage_loads_whole_from_its_own_columns_and_its_input(finished, tmp_path):
+    out, _ = finished
+    data, selection = load_from_disk(str(out / "data")), load_from_disk(str(out / "selection"))
+    pruned = load_run_stage(out, "pruning")
+    # The pruning stage's rows are the selection's, in order, with every later stage's columns
+    # joined: the selection's own columns in place (the column backend copies its mask), then
+    # the edit and the verdict. (The renamed source_mask path: tests/test_demo_diffusion.py.)
+    assert pruned["example_id"] == selection["example_id"] and pruned["target_label"] == selection["target_label"]
+    assert pruned.column_names[:len(selection.column_names)] == selection.column_names
+    assert {"generated", "prompt", "rho", "keep"} <= set(pruned.column_names) - set(selection.column_names)
+    assert pruned["image"][:3] == selection["image"][:3] and pruned["mask"][:3] == selection["mask"][:3]
+    assert pruned["keep"] == load_from_disk(str(out / "pruning"))["keep"]
+    generated = load_run_stage(out, "generation")
+    assert generated["generated"][:3] == pruned["generated"][:3] and "rho" not in generated.column_names
+    scores = load_run_stage(out, "scores")
+    assert scores["example_id"] == data["train"]["example_id"] and len(scores["erm_loss"]) == len(data["train"])
+    assert list(load_run_stage(out, "augmented")) == ["train", "synthetic", "validation", "test"]
+    # A stage whose input was since replaced (a rerun stopped between two stages) is refused, saying so.
+    stale = tmp_path / "stale"
+    shutil.copytree(out, stale)
+    info = json.loads((stale / "generation" / "stage.json").read_text())
+    (stale / "generation" / "stage.json").write_text(json.dumps({**info, "fingerprint": "another"}))
+    with pytest.raises(ValueError, match=r"pruning keeps only its own columns, joined to the rows of .*generation.* "
+                                         r"now holds stage another: rerun"):
+        load_run_stage(stale, "pruning")
+    with pytest.raises(ValueError, match=r"retrained holds no dataset: stage 'retrained' saves a model"):
+        load_run_stage(stale, "retrained")
+    shutil.rmtree(stale / "masks")
+    with pytest.raises(FileNotFoundError, match=r"masks is not a finished stage of a run folder"):
+        load_run_stage(stale, "masks")
 
 
 def test_the_method_repairs_the_shortcut(finished):

@@ -14,6 +14,8 @@ import pytest
 from datasets import load_from_disk
 from PIL import Image
 
+from dbb_hf.augmented import load_augmented
+
 REPO = Path(__file__).resolve().parents[1]
 ATTRIBUTES = ["Blond_Hair", "Eyeglasses", "Male"]
 
@@ -92,7 +94,7 @@ def test_recipe_runs_end_to_end_and_two_processes_generate_the_same_set(celeba, 
     assert set(report["erm"]["per_group_accuracy"]) == {"not_blond/female", "not_blond/male", "blond/female", "blond/male"}
     for name in ("not_blond", "blond"):
         assert (one / "tokens" / name / "learned_embeds.safetensors").exists()
-    augmented = load_from_disk(str(one / "augmented"))
+    augmented = load_augmented(one)
     assert set(augmented) == {"train", "synthetic", "validation", "test"}
     generated = _generated(one)
     assert len(generated) == 6  # 3 lowest-loss images per class

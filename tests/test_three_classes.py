@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from datasets import load_from_disk
 
 import dbb_hf.pipeline as pipeline_module
 from dbb_hf.cli import run_pipeline
@@ -15,6 +14,7 @@ from dbb_hf.config import load_yaml
 from dbb_hf.data import group_counts, load_benchmark
 from dbb_hf.presets import DEMO_PRESET
 from dbb_hf.recipes import run_recipe
+from dbb_hf.stages import load_run_stage
 
 # Whole runs: a few minutes on an idle 2-core machine, more on a busy one.
 pytestmark = pytest.mark.timeout(2400)
@@ -57,7 +57,7 @@ def _check_run(out, report, masked_calls):
     saved = json.loads((out / "report.json").read_text())
     assert set(saved["counts"]) == DIRECTIONS
     assert len(saved["retrained"]["per_group_accuracy"]) == 9
-    pruned = load_from_disk(str(out / "pruning"))
+    pruned = load_run_stage(out, "pruning")
     images = len(set(pruned["example_id"]))
     assert len(pruned) == 2 * images  # one row per (image, other class)
     assert masked_calls == [images]  # each image masked once
@@ -67,7 +67,7 @@ def _check_run(out, report, masked_calls):
     assert all(np.array_equal(*pair) for pair in masks.values())  # both rows of an image share its mask
     for example_id, targets in _targets(pruned).items():
         assert len(targets) == 2 and len(set(targets)) == 2
-    augmented = load_from_disk(str(out / "augmented"))
+    augmented = load_run_stage(out, "augmented")
     assert set(augmented["synthetic"]["label"]) <= {0, 1, 2}
     return saved
 
@@ -107,6 +107,6 @@ def test_a_recipe_runs_three_classes_through_every_stage(tmp_path, monkeypatch):
     assert report["models"]["inpainting"]["backend"] == "diffusers"
     assert report["models"]["masking"]["backend"] == "grounded_sam"
     assert len(report["tokens"]) == 3  # one textual-inversion token per class
-    generated = load_from_disk(str(out / "generation"))
+    generated = load_run_stage(out, "generation")
     assert set(generated["generator"]) == {f"diffusers:{report['models']['inpainting']['id']}@"
                                            f"{report['models']['inpainting']['revision']}"}
