@@ -144,7 +144,8 @@ class FaceGates:
     class_words = ["dark hair", "blond hair"]  # label 0 not_blond, 1 blond
     object_word = "hair"
     group_names = ["not_blond/female", "not_blond/male", "blond/female", "blond/male"]
-    defaults = {"num_images": 200, "seed": 1, "guidance_scale": 7.5}
+    # guidance 20: the miniature preset's (dbb_hf/presets/miniature.yaml), chosen on these gates
+    defaults = {"num_images": 200, "seed": 1, "guidance_scale": 20.0}
     per_direction = True  # each direction must reach the target
     token_images_per_group = 15
 
@@ -435,7 +436,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=25, help="Denoising steps.")
     parser.add_argument("--scheduler", default=None,
                         help="A diffusers scheduler class (default: the prior's own, DPM-Solver++).")
-    parser.add_argument("--guidance_scale", type=float, default=None, help="Default 7.5, dbb_hf's (InpaintingConfig).")
+    parser.add_argument("--guidance_scale", type=float, default=None,
+                        help="Default: the world's (toy 7.5, InpaintingConfig's; face 20, the miniature preset's).")
     parser.add_argument("--mask_dilation", type=int, default=1, help="Pixels the mask is grown by.")
     parser.add_argument("--ti_steps", type=int, default=300, help="Textual-inversion steps per token (gate B).")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
