@@ -64,6 +64,7 @@ class ToyGates:
     targets = {"A": 0.80, "B": 0.70, "C": 1.0}
     class_words = ["horizontal bar", "vertical bar"]
     object_word = "bar"  # the control prompt's and the tokens' object word, naming no class
+    token_mask_region = "box"
     group_names = ["horizontal_bar/land", "horizontal_bar/water", "vertical_bar/land", "vertical_bar/water"]
     defaults = {"num_images": 400, "seed": 1, "guidance_scale": 7.5}
     per_direction = False  # gate on the overall flip rate
@@ -143,6 +144,7 @@ class FaceGates:
     targets = {"A": 0.70, "B": 0.60, "C": 1.0}
     class_words = ["dark hair", "blond hair"]  # label 0 not_blond, 1 blond
     object_word = "hair"
+    token_mask_region = "template"  # the miniature preset's: the token learns on the hair region
     group_names = ["not_blond/female", "not_blond/male", "blond/female", "blond/male"]
     # guidance 20: the miniature preset's (dbb_hf/presets/miniature.yaml), chosen on these gates
     defaults = {"num_images": 200, "seed": 1, "guidance_scale": 20.0}
@@ -275,7 +277,7 @@ def gate_details(world, results: dict, token_source: str) -> list[str]:
             lines.append(f"Gate {gate} per source group: {per_group}; prompts {gates[gate]['prompts']}.")
     if "B" in gates:
         lines.append(f"Gate B tokens: `learn_tokens` on this prior, {results['ti_steps']} steps per class"
-                     f"{token_source}, initialiser \"{world.object_word}\", "
+                     f"{token_source}, initialiser \"{world.object_word}\", masks: {world.token_mask_region}, "
                      f"{gates['B']['textual_inversion_seconds']:.0f} s on the CPU.")
     return lines
 
@@ -494,7 +496,7 @@ def main(argv=None) -> int:
         images = world.token_images()
         results["token_images"] = sum(len(v) for v in images.values())
         token_config = TextualInversionConfig(
-            model_id=prior, initializer_token=world.object_word,
+            model_id=prior, initializer_token=world.object_word, mask_region=world.token_mask_region,
             prompt_templates=["a photo of a {token} {class_name}", "a {token} {class_name}", "{token} {class_name}"],
             max_train_steps=args.ti_steps, train_batch_size=16, gradient_accumulation_steps=1, learning_rate=5e-4,
             resolution=world.resolution, checkpointing_steps=args.ti_steps, seed=args.seed,

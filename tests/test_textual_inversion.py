@@ -355,6 +355,55 @@ def test_inpainting_masks_are_full_or_boxes_inside_the_image():
     assert all(bool(inpainting_mask(rng, 32, 1.0).all()) for _ in range(10))
 
 
+def test_template_masks_are_the_hair_region_cropped_and_flipped_with_the_face(models):
+    from PIL import Image
+
+    from dbb_hf.masking_template import hair_template, jittered_template
+    from dbb_hf.textual_inversion import CausalTokenDataset, inpainting_mask, load_components
+    from dbb_hf.textual_inversion.data import MASK_STREAM, sample_seed
+
+    tokenizer = load_components(tiny_config(models, model_id=models["inpaint"]))["tokenizer"]
+    face = Image.new("RGB", (178, 218))  # a CelebA crop's size: TI takes its centre square
+
+    def dataset(region, images=(face,)):
+        return CausalTokenDataset(list(images), tokenizer, ["a bar"], 32, seed=0, start=0, length=64,
+                                  full_mask_probability=0.25, mask_region=region)
+
+    template = dataset("template")
+    masks = [template[i]["mask"] for i in range(64)]
+    # The default template on the same crop and resize, for comparison: jitter moves it a little.
+    square = Image.fromarray(hair_template(218, 178).astype(np.uint8) * 255).crop((0, 20, 178, 198))
+    expected = torch.from_numpy(np.asarray(square.resize((32, 32), Image.Resampling.NEAREST)) > 127).float()
+    for mask in masks:
+        assert mask.shape == (1, 32, 32) and set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert 0.1 < mask.mean() < 0.75 and not mask.all()  # never the whole image
+        overlap = (mask[0] * expected).sum() / expected.sum()
+        assert overlap > 0.6  # the hair region, moved and scaled by at most a few percent
+    assert len({m.numpy().tobytes() for m in masks}) > 32  # jittered per sample
+    # Reproducible per sample, and the box masks are those of before (same stream).
+    assert torch.equal(dataset("template")[5]["mask"], masks[5])
+    assert torch.equal(dataset("box")[5]["mask"], inpainting_mask(
+        np.random.default_rng(sample_seed(0, 5, MASK_STREAM)), 32, 0.25))
+    # Known answer: the sample's jittered template in the face's coordinates, cropped and resized
+    # with it, and mirrored exactly when the face is (a face whose left half is bright shows which).
+    left = np.zeros((218, 178, 3), np.uint8)
+    left[:, :89] = 255
+    sided = dataset("template", [Image.fromarray(left)])
+    flips = []
+    for i in range(16):
+        item = sided[i]
+        hair = jittered_template(218, 178, np.random.default_rng(sample_seed(0, i, MASK_STREAM)))
+        hair = Image.fromarray(hair.astype(np.uint8) * 255).crop((0, 20, 178, 198))
+        hair = np.asarray(hair.resize((32, 32), Image.Resampling.NEAREST)) > 127
+        flips.append(bool(item["pixel_values"][0, 0, 0] < 0))  # the bright half went right
+        if flips[-1]:
+            hair = hair[:, ::-1]
+        assert torch.equal(item["mask"][0], torch.from_numpy(hair.copy()).float())
+    assert 0 < sum(flips) < 16
+    with pytest.raises(ValueError, match=r"mask_region must be one of \('box', 'template'\), got 'hair'"):
+        TextualInversionConfig(mask_region="hair")
+
+
 def test_inpainting_unet_sees_noisy_latents_mask_and_masked_image(models, toy):
     from dbb_hf.textual_inversion import CausalTokenDataset, load_components
     from dbb_hf.textual_inversion.train import _diffusion_loss

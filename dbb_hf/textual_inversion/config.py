@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..precision import CHOICES as MIXED_PRECISION
+from .data import MASK_REGIONS
 from ..revisions import default_revision
 
 DEFAULT_TEMPLATES = [
@@ -74,10 +75,20 @@ class TextualInversionConfig:
             "image (else a random box); 0.25 as in Stable Diffusion inpainting's own training."
         },
     )
+    mask_region: str = field(
+        default="box",
+        metadata={
+            "help": "Inpainting UNets only: where the token learns to paint. 'box' (random boxes, and the whole "
+            "image with full_mask_probability) or 'template' (the hair region of an aligned face, as the "
+            "`template` masking backend masks it, moved and scaled a little: every sample)."
+        },
+    )
 
     def __post_init__(self):
         if self.revision is None:
             self.revision = default_revision(self.model_id)
+        if self.mask_region not in MASK_REGIONS:
+            raise ValueError(f"mask_region must be one of {MASK_REGIONS}, got {self.mask_region!r}")
         if not 0.0 <= self.full_mask_probability <= 1.0:
             raise ValueError(f"full_mask_probability must be in [0, 1], got {self.full_mask_probability}")
         if "{class_name}" not in self.placeholder_token_template:

@@ -14,6 +14,11 @@ import torch
 from PIL import Image
 
 from ..images import to_rgb
+from ..masking_template import jittered_template
+
+# Where an inpainting UNet's token learns to paint: "box" (random boxes, and the whole image
+# with full_mask_probability) or "template" (the hair region of an aligned face).
+MASK_REGIONS = ("box", "template")
 
 def as_pil_list(images) -> list[Image.Image]:
     """The images to learn from as RGB PIL images: a list of them, or a Dataset's ``image`` column."""
@@ -66,13 +71,19 @@ class CausalTokenDataset(torch.utils.data.Dataset):
     Sample ``g`` shows image ``perm_e[g % n]`` (a fresh permutation for every pass
     ``e = g // n``), with a template and a horizontal flip drawn from a generator seeded
     by ``(seed, g)``, so any sample can be reproduced without replaying the ones before it.
-    With ``full_mask_probability`` set (inpainting UNets) each sample also gets an
-    :func:`inpainting_mask` drawn from its own stream of ``(seed, g)``.
+    With ``full_mask_probability`` set (inpainting UNets) each sample also gets a mask drawn
+    from its own stream of ``(seed, g)``: an :func:`inpainting_mask`, or with
+    ``mask_region="template"`` the hair region of an aligned face
+    (:func:`dbb_hf.masking_template.jittered_template`, as the face prior was trained),
+    every sample, so that the token learns to paint what the generator will repaint.
     """
 
     def __init__(self, images, tokenizer, prompts: Sequence[str], resolution: int, seed: int, start: int, length: int,
-                 full_mask_probability: float | None = None):
+                 full_mask_probability: float | None = None, mask_region: str = "box"):
+        if mask_region not in MASK_REGIONS:
+            raise ValueError(f"mask_region must be one of {MASK_REGIONS}, got {mask_region!r}")
         self.full_mask_probability = full_mask_probability
+        self.mask_region = mask_region
         self.images = images
         self.tokenizer = tokenizer
         self.prompts = list(prompts)
@@ -93,13 +104,22 @@ class CausalTokenDataset(torch.utils.data.Dataset):
         sample = self.start + i
         rng = np.random.default_rng(sample_seed(self.seed, sample, DATA_STREAM))
         image = self.images[self._image_index(sample)]
+        mask_rng = np.random.default_rng(sample_seed(self.seed, sample, MASK_STREAM))
+        hair = None
+        if self.full_mask_probability is not None and self.mask_region == "template":
+            # In the image's own coordinates, then cropped, resized and flipped with it.
+            hair = Image.fromarray(jittered_template(image.height, image.width, mask_rng).astype(np.uint8) * 255)
         # Center crop to a square, then resize, as the recipe's --center_crop.
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-        image = image.resize((self.resolution, self.resolution), resample=Image.Resampling.BICUBIC)
+        box = (left, top, left + side, top + side)
+        image = image.crop(box).resize((self.resolution, self.resolution), resample=Image.Resampling.BICUBIC)
+        if hair is not None:
+            hair = hair.crop(box).resize((self.resolution, self.resolution), resample=Image.Resampling.NEAREST)
         if rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            if hair is not None:
+                hair = hair.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
         prompt = self.prompts[int(rng.integers(len(self.prompts)))]
         input_ids = self.tokenizer(
@@ -107,7 +127,8 @@ class CausalTokenDataset(torch.utils.data.Dataset):
             return_tensors="pt",
         ).input_ids[0]
         item = {"pixel_values": pixels, "input_ids": input_ids, "sample_index": sample}
-        if self.full_mask_probability is not None:
-            mask_rng = np.random.default_rng(sample_seed(self.seed, sample, MASK_STREAM))
+        if hair is not None:
+            item["mask"] = torch.from_numpy(np.asarray(hair) > 127).float()[None]
+        elif self.full_mask_probability is not None:
             item["mask"] = inpainting_mask(mask_rng, self.resolution, self.full_mask_probability)
         return item

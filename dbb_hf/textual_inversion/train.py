@@ -255,6 +255,7 @@ class _TokenTraining:
             "class_name": class_name,
             "prompt_name": prompt_name,
             "initializer_token": config.initializer_token,
+            "mask_region": config.mask_region if self.inpainting else None,
             "num_vectors": config.num_vectors,
             "prompt_template": config.prompt_templates[0],
             "model_id": config.model_id,
@@ -301,6 +302,7 @@ class _TokenTraining:
             start=start_step * self.samples_per_step,
             length=max(config.max_train_steps - start_step, 0) * self.samples_per_step,
             full_mask_probability=config.full_mask_probability if self.inpainting else None,
+            mask_region=config.mask_region,
         )
         dataloader = torch.utils.data.DataLoader(
             dataset, batch_size=config.train_batch_size, shuffle=False, num_workers=config.dataloader_num_workers
