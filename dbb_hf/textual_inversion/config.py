@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..precision import CHOICES as MIXED_PRECISION
-from .data import MASK_REGIONS
 from ..revisions import default_revision
+from .data import MASK_REGIONS
 
 DEFAULT_TEMPLATES = [
     "A photo of a {token} {class_name}.",

@@ -20,6 +20,7 @@ from ..masking_template import jittered_template
 # with full_mask_probability) or "template" (the hair region of an aligned face).
 MASK_REGIONS = ("box", "template")
 
+
 def as_pil_list(images) -> list[Image.Image]:
     """The images to learn from as RGB PIL images: a list of them, or a Dataset's ``image`` column."""
     if hasattr(images, "column_names"):  # a datasets.Dataset
