@@ -162,11 +162,8 @@ class Pipeline:
         if old is not None:
             return old
         written = list(written)
-        source_info = self.out / source / STAGE_INFO
-        joined_to = {
-            "stage": source, "split": split, "renamed": renamed or {},
-            "fingerprint": json.loads(source_info.read_text())["fingerprint"] if source_info.is_file() else None,
-        }
+        joined_to = {"stage": source, "split": split, "renamed": renamed or {},
+                     "fingerprint": _saved_fingerprint(self.out / source / STAGE_INFO)}
         saved = self._cached(
             # joined_to in the fingerprint: a folder saved before stages recorded their input is
             # computed again rather than read as whole rows.
