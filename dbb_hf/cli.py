@@ -200,10 +200,13 @@ class TokensArgs:
 
 @command("learn-tokens", "Stage 2: one textual-inversion token per class from images with `label`.")
 def learn_tokens_main(argv: list[str]) -> int:
+    from .masking import MaskingConfig
     from .textual_inversion import TextualInversionConfig, learn_tokens
 
+    # The masking section for its template_* fields: mask_region "template" learns on that region.
     io, args, run, configs = resolve_configs(
-        {"textual_inversion": TextualInversionConfig}, [StageIO, TokensArgs, _run_fields("class_prompts")], argv
+        {"textual_inversion": TextualInversionConfig, "masking": MaskingConfig},
+        [StageIO, TokensArgs, _run_fields("class_prompts")], argv,
     )
     if args.output_dir is None:
         raise SystemExit("learn-tokens: --output_dir is required")
@@ -212,7 +215,8 @@ def learn_tokens_main(argv: list[str]) -> int:
     per_class = {c: images.filter(lambda y: y == c, input_columns="label")["image"] for c in range(len(prompts))}
     # Tokens are named after the classes; the prompts name the object with the words inpainting uses.
     names = images.features["label"].names
-    _print_json(learn_tokens(per_class, names, configs["textual_inversion"], args.output_dir, prompt_name=prompts))
+    _print_json(learn_tokens(per_class, names, configs["textual_inversion"], args.output_dir, prompt_name=prompts,
+                             hair_template=configs["masking"].hair_template()))
     return 0
 
 

@@ -68,7 +68,7 @@ from .devices import resolve_device
 from .hub_access import reaching
 from .images import to_rgb
 from .mask_arithmetic import REGIONS, binary_mask, dilate, mask_bbox, mask_image, region_mask
-from .masking_template import FACE_ELLIPSE, HEAD_ELLIPSE, NECK_WIDTH, check_ellipse, hair_template
+from .masking_template import FACE_ELLIPSE, HEAD_ELLIPSE, NECK_WIDTH, HairTemplate, check_ellipse, hair_template
 from .stages import ImageGuard, ShardPlan, run_stage
 
 BACKENDS = ("grounded_sam", "column", "lang_sam", "template")
@@ -184,6 +184,11 @@ class MaskingConfig:
         check_ellipse("template_face_ellipse", self.template_face_ellipse)
         if not 0.0 <= self.template_neck_width <= 1.0:
             raise ValueError(f"template_neck_width must be in [0, 1], got {self.template_neck_width}")
+
+    def hair_template(self) -> HairTemplate:
+        """The ``template`` backend's ellipses and neck band (textual inversion's template too)."""
+        return HairTemplate(tuple(self.template_head_ellipse), tuple(self.template_face_ellipse),
+                            self.template_neck_width)
 
     def loads_models(self) -> bool:
         """Whether the backend runs models (detector and segmenter, or LangSAM) to load first."""
@@ -430,8 +435,9 @@ def _given_mask_row(mask: np.ndarray, config: MaskingConfig) -> dict:
 
 
 def _template_rows(batch: dict, config: MaskingConfig) -> list[dict]:
-    head, face, neck = config.template_head_ellipse, config.template_face_ellipse, config.template_neck_width
-    return [_given_mask_row(hair_template(image.height, image.width, head, face, neck), config)
+    template = config.hair_template()
+    return [_given_mask_row(hair_template(image.height, image.width, template.head, template.face,
+                                          template.neck_width), config)
             for image in batch["image"]]
 
 

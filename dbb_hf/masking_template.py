@@ -23,6 +23,7 @@ user with a GPU keeps ``grounded_sam``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -31,6 +32,19 @@ import numpy as np
 HEAD_ELLIPSE = (0.5, 0.6, 0.46, 0.55)
 FACE_ELLIPSE = (0.5, 0.61, 0.18, 0.21)
 NECK_WIDTH = 0.75
+
+
+@dataclass(frozen=True)
+class HairTemplate:
+    """One alignment's template: the arguments of :func:`hair_template` (default: CelebA's).
+
+    The masking backend and textual inversion's ``mask_region="template"`` both take it from
+    the run's masking config, so a token learns to paint the region that will be repainted.
+    """
+
+    head: tuple[float, ...] = HEAD_ELLIPSE
+    face: tuple[float, ...] = FACE_ELLIPSE
+    neck_width: float = NECK_WIDTH  # checked where the mask is drawn, by hair_template
 
 
 def check_ellipse(name: str, ellipse: Sequence[float]) -> None:
@@ -75,15 +89,17 @@ def hair_template(
 
 
 def jittered_template(
-    height: int, width: int, rng: np.random.Generator, shift: float = 0.04, scale: float = 0.1
+    height: int, width: int, rng: np.random.Generator, shift: float = 0.04, scale: float = 0.1,
+    template: HairTemplate = HairTemplate(),
 ) -> np.ndarray:
-    """The default template moved by up to ``shift`` and scaled by up to ``scale`` (training masks).
+    """``template`` moved by up to ``shift`` and its head scaled by up to ``scale`` (training masks).
 
     Faces are aligned by their eyes, not by their hair; a prior trained on slightly varied
     templates does not learn one exact outline.
     """
     dx, dy = rng.uniform(-shift, shift, 2)
     grow_x, grow_y = 1.0 + rng.uniform(-scale, scale, 2)
-    head = (HEAD_ELLIPSE[0] + dx, HEAD_ELLIPSE[1] + dy, HEAD_ELLIPSE[2] * grow_x, HEAD_ELLIPSE[3] * grow_y)
-    face = (FACE_ELLIPSE[0] + dx, FACE_ELLIPSE[1] + dy, FACE_ELLIPSE[2], FACE_ELLIPSE[3])
-    return hair_template(height, width, head, face, NECK_WIDTH)
+    (hx, hy, hw, hh), (fx, fy, fw, fh) = template.head, template.face
+    head = (hx + dx, hy + dy, hw * grow_x, hh * grow_y)
+    face = (fx + dx, fy + dy, fw, fh)
+    return hair_template(height, width, head, face, template.neck_width)

@@ -350,9 +350,12 @@ class Pipeline:
 
     def _learn_tokens(self, validation, scored, prompts, fp_sel):
         cfg = self.configs
+        # Tokens learned on the hair template learn it from the masking config, as masking draws it.
+        template = cfg["masking"].hair_template()
+        on_template = [template] if cfg["textual_inversion"].mask_region == "template" else []
         fp = stage_fingerprint(
             "tokens", cfg["textual_inversion"], cfg["selection"], prompts, fp_sel,
-            local_models(cfg["textual_inversion"].model_id),
+            local_models(cfg["textual_inversion"].model_id), *on_template,
         )
         ti_rows = self._cached(
             "textual_inversion_images", fp,
@@ -364,7 +367,8 @@ class Pipeline:
         # Tokens are named after the classes; their prompts name the object with the same
         # word per class as inpainting and masking do (class_prompts, else the class names).
         self._claim("tokens", fp)  # learn_tokens skips the classes already done in its folder
-        tokens = learn_tokens(per_class, names, cfg["textual_inversion"], str(self.out / "tokens"), prompt_name=prompts)
+        tokens = learn_tokens(per_class, names, cfg["textual_inversion"], str(self.out / "tokens"), prompt_name=prompts,
+                              hair_template=template)
         release_memory(self.device)
         self.timings["tokens"] = time.perf_counter() - start
         return [tokens[c] for c in range(len(prompts))], fp

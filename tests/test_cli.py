@@ -59,7 +59,7 @@ def test_the_options_help_example_is_a_real_option():
 
 # The section whose every field each stage command takes as --<section>_<field>.
 COMMAND_SECTIONS = {
-    "erm": ["classifier", "erm"], "select": ["selection"], "learn-tokens": ["textual_inversion"],
+    "erm": ["classifier", "erm"], "select": ["selection"], "learn-tokens": ["textual_inversion", "masking"],
     "mask": ["masking"], "inpaint": ["inpainting"], "prune": ["pruning"], "augment": ["pruning"],
     "retrain": ["classifier", "retraining"],
     "run": ["classifier", "erm", "selection", "textual_inversion", "masking", "inpainting", "pruning", "retraining"],

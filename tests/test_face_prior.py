@@ -15,6 +15,7 @@ from PIL import Image
 from dbb_hf.masking import MASK_FEATURES, OK, MaskingConfig, run_masking
 from dbb_hf.masking_template import FACE_ELLIPSE, HEAD_ELLIPSE, hair_template
 from dbb_hf.stages import load_run_stage
+from dbb_hf.textual_inversion import EMBEDS_NAME, read_embeds
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "face_means"
@@ -309,7 +310,8 @@ def test_celeba_recipe_miniature_preset_runs_the_method_on_faces_with_the_shippe
 
     out = tmp_path / "run"
     short = ["--erm_num_epochs", "2", "--retraining_num_epochs", "1", "--textual_inversion_max_train_steps", "2",
-             "--inpainting_num_inference_steps", "2", "--pruning_n_steps", "4", "--selection_ti_num_images", "3"]
+             "--inpainting_num_inference_steps", "2", "--pruning_n_steps", "4", "--selection_ti_num_images", "3",
+             "--masking_template_neck_width", "0.5"]  # not the default: tokens must learn the same template
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, str(REPO / "recipes" / "celeba.py"), "--preset", "miniature", "--data_dir", str(celeba),
@@ -332,8 +334,14 @@ def test_celeba_recipe_miniature_preset_runs_the_method_on_faces_with_the_shippe
     assert set(edits["generation_status"]) == {"ok"}
     for row in edits:
         assert row["prompt"] == f"a photo of a <dbb-{['not_blond', 'blond'][row['target_label']]}> hair"
-        mask, template = np.asarray(row["mask"]) > 127, hair_template(218, 178)
+        mask, template = np.asarray(row["mask"]) > 127, hair_template(218, 178, neck_width=0.5)
         assert mask[template].all() and mask.mean() < template.mean() + 0.03  # the template, grown by 1 px
         outside = ~(np.asarray(row["generated_mask"]) > 127)
         np.testing.assert_array_equal(np.asarray(row["generated"])[outside], np.asarray(row["image"])[outside])
     assert (out / "augmented").exists() and (out / "report.md").exists()
+    # The tokens learned to paint that same template (textual inversion's mask_region "template").
+    _, info = read_embeds(out / "tokens" / EMBEDS_NAME)
+    for token in ("<dbb-not_blond>", "<dbb-blond>"):
+        assert info[token]["mask_region"] == "template"
+        assert info[token]["hair_template"] == {"head": list(HEAD_ELLIPSE), "face": list(FACE_ELLIPSE),
+                                                "neck_width": 0.5}

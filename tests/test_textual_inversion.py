@@ -358,7 +358,7 @@ def test_inpainting_masks_are_full_or_boxes_inside_the_image():
 def test_template_masks_are_the_hair_region_cropped_and_flipped_with_the_face(models):
     from PIL import Image
 
-    from dbb_hf.masking_template import hair_template, jittered_template
+    from dbb_hf.masking_template import FACE_ELLIPSE, HairTemplate, hair_template, jittered_template
     from dbb_hf.textual_inversion import CausalTokenDataset, inpainting_mask, load_components
     from dbb_hf.textual_inversion.data import MASK_STREAM, sample_seed
 
@@ -400,6 +400,17 @@ def test_template_masks_are_the_hair_region_cropped_and_flipped_with_the_face(mo
             hair = hair[:, ::-1]
         assert torch.equal(item["mask"][0], torch.from_numpy(hair.copy()).float())
     assert 0 < sum(flips) < 16
+    # Another alignment's template (the run's masking config's) is the one jittered.
+    narrow = HairTemplate(head=(0.5, 0.5, 0.3, 0.45), face=FACE_ELLIPSE, neck_width=0.0)
+    custom = CausalTokenDataset([face], tokenizer, ["a bar"], 32, seed=0, start=0, length=4,
+                                full_mask_probability=0.25, mask_region="template", hair_template=narrow)
+    hair = jittered_template(218, 178, np.random.default_rng(sample_seed(0, 3, MASK_STREAM)), template=narrow)
+    hair = Image.fromarray(hair.astype(np.uint8) * 255).crop((0, 20, 178, 198))
+    hair = np.asarray(hair.resize((32, 32), Image.Resampling.NEAREST)) > 127
+    mask = custom[3]["mask"][0]
+    if not torch.equal(mask, torch.from_numpy(hair.copy()).float()):  # sample 3 may be flipped
+        assert torch.equal(mask, torch.from_numpy(hair[:, ::-1].copy()).float())
+    assert not torch.equal(mask, template[3]["mask"][0])
     with pytest.raises(ValueError, match=r"mask_region must be one of \('box', 'template'\), got 'hair'"):
         TextualInversionConfig(mask_region="hair")
 

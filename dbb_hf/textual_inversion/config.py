@@ -80,7 +80,8 @@ class TextualInversionConfig:
         metadata={
             "help": "Inpainting UNets only: where the token learns to paint. 'box' (random boxes, and the whole "
             "image with full_mask_probability) or 'template' (the hair region of an aligned face, as the "
-            "`template` masking backend masks it, moved and scaled a little: every sample)."
+            "`template` masking backend masks it, with the run's masking template_* ellipses, moved and "
+            "scaled a little: every sample)."
         },
     )
 

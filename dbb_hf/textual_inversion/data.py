@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ..images import to_rgb
-from ..masking_template import jittered_template
+from ..masking_template import HairTemplate, jittered_template
 
 # Where an inpainting UNet's token learns to paint: "box" (random boxes, and the whole image
 # with full_mask_probability) or "template" (the hair region of an aligned face).
@@ -75,16 +75,17 @@ class CausalTokenDataset(torch.utils.data.Dataset):
     With ``full_mask_probability`` set (inpainting UNets) each sample also gets a mask drawn
     from its own stream of ``(seed, g)``: an :func:`inpainting_mask`, or with
     ``mask_region="template"`` the hair region of an aligned face
-    (:func:`dbb_hf.masking_template.jittered_template`, as the face prior was trained),
+    (:func:`dbb_hf.masking_template.jittered_template` of ``hair_template``, as the face prior was trained),
     every sample, so that the token learns to paint what the generator will repaint.
     """
 
     def __init__(self, images, tokenizer, prompts: Sequence[str], resolution: int, seed: int, start: int, length: int,
-                 full_mask_probability: float | None = None, mask_region: str = "box"):
+                 full_mask_probability: float | None = None, mask_region: str = "box",
+                 hair_template: HairTemplate = HairTemplate()):
         if mask_region not in MASK_REGIONS:
             raise ValueError(f"mask_region must be one of {MASK_REGIONS}, got {mask_region!r}")
         self.full_mask_probability = full_mask_probability
-        self.mask_region = mask_region
+        self.mask_region, self.hair_template = mask_region, hair_template
         self.images = images
         self.tokenizer = tokenizer
         self.prompts = list(prompts)
@@ -109,7 +110,8 @@ class CausalTokenDataset(torch.utils.data.Dataset):
         hair = None
         if self.full_mask_probability is not None and self.mask_region == "template":
             # In the image's own coordinates, then cropped, resized and flipped with it.
-            hair = Image.fromarray(jittered_template(image.height, image.width, mask_rng).astype(np.uint8) * 255)
+            hair = jittered_template(image.height, image.width, mask_rng, template=self.hair_template)
+            hair = Image.fromarray(hair.astype(np.uint8) * 255)
         # Center crop to a square, then resize, as the recipe's --center_crop.
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2

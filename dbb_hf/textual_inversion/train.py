@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..devices import diffusers_dtype
+from ..masking_template import HairTemplate
 from ..precision import DTYPES, stage_precision
 from ..state_files import load_state_file, save_state_file
 from .config import LoraTokenConfig, TextualInversionConfig, placeholder_token
@@ -132,10 +133,13 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> tuple[int, str] | None:
     return resumable[-1] if resumable else None
 
 
-def _resume_key(config: TextualInversionConfig, token: str, prompt_name: str, learning_rates: list[float]) -> str:
+def _resume_key(config: TextualInversionConfig, token: str, prompt_name: str, learning_rates: list[float],
+                template: HairTemplate) -> str:
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_CHANGES}
-    payload = json.dumps({"config": fields, "token": token, "prompt_name": prompt_name, "lr": learning_rates},
-                         sort_keys=True, default=str)
+    key = {"config": fields, "token": token, "prompt_name": prompt_name, "lr": learning_rates}
+    if config.mask_region == "template":
+        key["hair_template"] = dataclasses.asdict(template)
+    payload = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -197,7 +201,7 @@ class _TokenTraining:
     :meth:`prepare`, :meth:`run_steps` and :meth:`finish`."""
 
     def __init__(self, class_name: str, config: TextualInversionConfig, output_dir: str, accelerator, *,
-                 prompt_name: str, lora: bool):
+                 prompt_name: str, lora: bool, hair_template: HairTemplate):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -212,7 +216,7 @@ class _TokenTraining:
         if accelerator.is_main_process:
             os.makedirs(output_dir, exist_ok=True)
         self.accelerator, self.config, self.output_dir, self.lora = accelerator, config, output_dir, lora
-        self.class_name, self.prompt_name = class_name, prompt_name
+        self.class_name, self.prompt_name, self.hair_template = class_name, prompt_name, hair_template
 
         set_seed(config.seed)  # LoRA's random init; everything else draws from per-sample seeds
         # bf16/fp16: frozen weights in that dtype, the token rows in float32, the loss under
@@ -248,7 +252,8 @@ class _TokenTraining:
         param_groups = [{"params": [embeddings.weight], "lr": config.learning_rate * scale}]
         if lora_params:
             param_groups.append({"params": lora_params, "lr": config.lora_learning_rate * scale})
-        self.resume_key = _resume_key(config, self.token, prompt_name, [group["lr"] for group in param_groups])
+        self.resume_key = _resume_key(config, self.token, prompt_name, [group["lr"] for group in param_groups],
+                                      hair_template)
         # AdamW with the recipe's defaults; a constant rate, as in the authors' release.
         self.optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
         self.info = {
@@ -256,6 +261,8 @@ class _TokenTraining:
             "prompt_name": prompt_name,
             "initializer_token": config.initializer_token,
             "mask_region": config.mask_region if self.inpainting else None,
+            "hair_template": dataclasses.asdict(hair_template)
+            if self.inpainting and config.mask_region == "template" else None,
             "num_vectors": config.num_vectors,
             "prompt_template": config.prompt_templates[0],
             "model_id": config.model_id,
@@ -302,7 +309,7 @@ class _TokenTraining:
             start=start_step * self.samples_per_step,
             length=max(config.max_train_steps - start_step, 0) * self.samples_per_step,
             full_mask_probability=config.full_mask_probability if self.inpainting else None,
-            mask_region=config.mask_region,
+            mask_region=config.mask_region, hair_template=self.hair_template,
         )
         dataloader = torch.utils.data.DataLoader(
             dataset, batch_size=config.train_batch_size, shuffle=False, num_workers=config.dataloader_num_workers
@@ -426,6 +433,7 @@ def train_token(
     *,
     prompt_name: str | None = None,
     lora: bool = False,
+    hair_template: HairTemplate = HairTemplate(),
 ) -> LearnedToken:
     """The training loop behind ``learn_token`` (``lora=False``) and ``learn_token_lora``."""
     if lora and not isinstance(config, LoraTokenConfig):
@@ -433,7 +441,7 @@ def train_token(
     images = as_pil_list(images)
     training = _TokenTraining(
         class_name, config, os.fspath(output_dir), accelerator,
-        prompt_name=class_name if prompt_name is None else prompt_name, lora=lora,
+        prompt_name=class_name if prompt_name is None else prompt_name, lora=lora, hair_template=hair_template,
     )
     start_step, state = training.resume()
     dataloader = training.prepare(images, start_step, state)
@@ -453,15 +461,19 @@ def learn_token(
     accelerator=None,
     *,
     prompt_name: str | None = None,
+    hair_template: HairTemplate = HairTemplate(),
 ) -> str:
     """Learn the causal token of one class; returns the path of ``learned_embeds.safetensors``.
 
     ``images``: PIL images or a ``datasets.Dataset`` with an ``image`` column.
     ``prompt_name``: the object word in the prompts (default ``class_name``; the paper uses
-    "bird" for both Waterbirds classes). Resumes from the latest ``output_dir/checkpoint-N``.
+    "bird" for both Waterbirds classes). ``hair_template``: the region of
+    ``config.mask_region="template"`` (the run's masking config's; default CelebA's
+    alignment). Resumes from the latest ``output_dir/checkpoint-N``.
     Multi-GPU: run under ``accelerate launch``; every process calls this function.
     """
-    return train_token(images, class_name, config, output_dir, accelerator, prompt_name=prompt_name).path
+    return train_token(images, class_name, config, output_dir, accelerator, prompt_name=prompt_name,
+                       hair_template=hair_template).path
 
 
 def learn_token_lora(
@@ -472,13 +484,15 @@ def learn_token_lora(
     accelerator=None,
     *,
     prompt_name: str | None = None,
+    hair_template: HairTemplate = HairTemplate(),
 ) -> str:
     """Learn the token together with LoRA adapters; returns ``output_dir``.
 
     ``output_dir`` then holds ``learned_embeds.safetensors`` and
     ``pytorch_lora_weights.safetensors``; load both with ``load_lora_causal``.
     """
-    train_token(images, class_name, config, output_dir, accelerator, prompt_name=prompt_name, lora=True)
+    train_token(images, class_name, config, output_dir, accelerator, prompt_name=prompt_name, lora=True,
+                hair_template=hair_template)
     return os.fspath(output_dir)
 
 
@@ -489,12 +503,13 @@ def learn_tokens(
     output_dir: str | os.PathLike,
     *,
     prompt_name: str | Sequence[str] | None = None,
+    hair_template: HairTemplate = HairTemplate(),
 ) -> dict[int, str]:
     """Learn one token per class; returns ``{class index: token}``.
 
     ``prompt_name``: the object word of the prompts, one for every class ("bird"), or one
     per class in class order (the run's ``class_prompts``: the words inpainting prompts
-    with); default: each class's name. Each class is saved to
+    with); default: each class's name. ``hair_template``: as :func:`learn_token`. Each class is saved to
     ``output_dir/<class_name>/learned_embeds.safetensors`` (classes whose file exists are
     skipped, so a rerun resumes) and all tokens together to
     ``output_dir/learned_embeds.safetensors``, which ``load_tokens(pipe, output_dir)`` reads.
@@ -519,7 +534,8 @@ def learn_tokens(
         if not os.path.isfile(final):
             if len(per_class_images[index]) == 0:
                 raise ValueError(f"class {name!r} (index {index}) has no images to learn its token from")
-            learn_token(per_class_images[index], name, config, class_dir, prompt_name=prompt_names[index])
+            learn_token(per_class_images[index], name, config, class_dir, prompt_name=prompt_names[index],
+                        hair_template=hair_template)
         saved, saved_info = read_embeds(final)
         if token not in saved:
             raise ValueError(f"{final} holds {list(saved)}, not the token {token} of class {name!r}")
