@@ -30,6 +30,7 @@ from datasets import Image as ImageFeature
 
 from .errors import DatasetFormatError
 from .hub_access import looks_like_path, reaching
+from .stage_info import read_stage_info, saved_fingerprint
 
 # 2: the synthetic split records the P each edit passed (a stage saved before is rebuilt).
 FORMAT_VERSION = 2
@@ -119,7 +120,6 @@ RUN_CONFIG = "config.yaml"  # what every run folder has, from its first second o
 # data stage folder, relative to augmented/, "fingerprint": that stage's fingerprint}. The
 # pipeline then saves only the synthetic split there: the real splits are the data stage's.
 REAL_SPLITS = "real_splits"
-STAGE_INFO = "stage.json"  # dbb_hf.stages.STAGE_INFO (that module imports datasets' heavier parts)
 
 
 def with_real_splits(synthetic: Dataset, real: DatasetDict) -> DatasetDict:
@@ -175,14 +175,6 @@ def load_saved(folder: str) -> DatasetDict:
     return loaded if real is None else with_real_splits(loaded["synthetic"], load_saved(real))
 
 
-def _saved_fingerprint(folder: str) -> Optional[str]:
-    path = os.path.join(folder, STAGE_INFO)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f).get("fingerprint")
-
-
 def _real_splits(folder: str) -> Optional[str]:
     """The folder holding the real splits of a run's ``augmented/`` that saved only its synthetic
     split (its ``stage.json`` says where, see :data:`REAL_SPLITS`), or None (it holds them all).
@@ -190,15 +182,11 @@ def _real_splits(folder: str) -> Optional[str]:
     Raises when that folder is gone or holds another version of the data than the one the
     edits were made from, saying what to do.
     """
-    path = os.path.join(folder, STAGE_INFO)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        record = json.load(f).get(REAL_SPLITS)
+    record = (read_stage_info(folder) or {}).get(REAL_SPLITS)
     if record is None:
         return None
     real = os.path.normpath(os.path.join(folder, record["path"]))
-    found = _saved_fingerprint(real) if _is_saved_to_disk(real) else None
+    found = saved_fingerprint(real) if _is_saved_to_disk(real) else None
     if found != record["fingerprint"]:
         state = "is missing" if not _is_saved_to_disk(real) else f"now holds data stage {found}"
         raise DatasetFormatError(

@@ -41,8 +41,9 @@ from .revisions import pin, resolve_run
 from .run_lock import run_folder_lock
 from .selection import ERM_FEATURES, SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
 from .accounting import account_stage, outcome_counts
+from .stage_info import STAGE_INFO, saved_fingerprint
 from .stages import (
-    JOINED_TO, STAGE_INFO, ShardPlan, finish_interrupted_save, join_stage_columns, load_stage_output, row_keys,
+    JOINED_TO, ShardPlan, finish_interrupted_save, join_stage_columns, load_stage_output, row_keys,
     save_stage_output, source_signature, stage_columns, stage_fingerprint, write_text_atomic,
 )
 from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
@@ -163,7 +164,7 @@ class Pipeline:
             return old
         written = list(written)
         joined_to = {"stage": source, "split": split, "renamed": renamed or {},
-                     "fingerprint": _saved_fingerprint(self.out / source / STAGE_INFO)}
+                     "fingerprint": saved_fingerprint(self.out / source)}
         saved = self._cached(
             # joined_to in the fingerprint: a folder saved before stages recorded their input is
             # computed again rather than read as whole rows.
@@ -188,9 +189,9 @@ class Pipeline:
         it (its checkpoints resume) and emptied when another config did: resuming from
         another config's checkpoints would mix two runs."""
         stage_dir = self.out / stage
-        if _saved_fingerprint(stage_dir / STAGE_INFO) == fingerprint:
+        if saved_fingerprint(stage_dir) == fingerprint:
             return True
-        if self.state.is_main_process and _saved_fingerprint(stage_dir / STARTED) != fingerprint:
+        if self.state.is_main_process and _started_fingerprint(stage_dir) != fingerprint:
             shutil.rmtree(stage_dir, ignore_errors=True)
             stage_dir.mkdir(parents=True)
             write_text_atomic(stage_dir / STARTED, json.dumps({"fingerprint": fingerprint}))
@@ -449,7 +450,7 @@ class Pipeline:
         run folder (:meth:`load_data`): its splits are then written in ``augmented/``.
         """
         P = self.configs["pruning"].P
-        if _saved_fingerprint(self.out / DATA_STAGE / STAGE_INFO) != fp_data:
+        if saved_fingerprint(self.out / DATA_STAGE) != fp_data:
             return self._cached("augmented", fp_aug, lambda d: build_augmented(dataset, pruned, P, cache_dir=d),
                                 main_only=True)
         old = self._full_copy("augmented", fp_aug)
@@ -539,7 +540,8 @@ STARTED = "started.json"  # the fingerprint of the run training in a stage folde
 DROPPED_IMAGES = "dropped_images.json"  # rows whose image could not be read, dropped at load
 
 
-def _saved_fingerprint(path: Path) -> str | None:
+def _started_fingerprint(stage_dir: Path) -> str | None:
+    path = stage_dir / STARTED
     return json.loads(path.read_text()).get("fingerprint") if path.exists() else None
 
 

@@ -25,8 +25,7 @@ from datasets import config as datasets_config
 from tqdm.auto import tqdm
 
 from .images import UnreadableImageError, decode_image
-
-STAGE_INFO = "stage.json"
+from .stage_info import STAGE_INFO, read_stage_info, saved_fingerprint
 
 
 def _jsonable(value: Any) -> Any:
@@ -254,11 +253,6 @@ def join_stage_columns(dataset: Dataset, saved: Dataset, stage_dir: str | os.Pat
 JOINED_TO = "joined_to"
 
 
-def _stage_info(stage_dir: Path) -> dict | None:
-    path = stage_dir / STAGE_INFO
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def load_run_stage(run_dir: str | os.PathLike, stage: str) -> Dataset | DatasetDict:
     """The output of ``stage`` in the run folder ``run_dir``, whole, as the pipeline had it:
     for a stage folder that keeps only its own columns (:data:`JOINED_TO`), its input's rows
@@ -278,7 +272,7 @@ def load_run_stage(run_dir: str | os.PathLike, stage: str) -> Dataset | DatasetD
 
 def _load_run_stage(run_dir: Path, stage: str, split: str | None):
     stage_dir = run_dir / stage
-    info = _stage_info(stage_dir)
+    info = read_stage_info(stage_dir)
     if info is None:
         raise FileNotFoundError(f"{stage_dir} is not a finished stage of a run folder (it has no {STAGE_INFO})")
     if not any((stage_dir / marker).is_file() for marker in (
@@ -289,7 +283,7 @@ def _load_run_stage(run_dir: Path, stage: str, split: str | None):
     if joined is None:  # saved whole
         return saved if split is None else saved[split]
     source_dir = run_dir / joined["stage"]
-    found = (_stage_info(source_dir) or {}).get("fingerprint")
+    found = saved_fingerprint(source_dir)
     if found is None or found != joined["fingerprint"]:
         state = "is not in the run folder" if found is None else f"now holds stage {found}"
         raise ValueError(
@@ -460,8 +454,7 @@ def _temporary(stage_dir: Path) -> tuple[Path, Path]:
 
 def load_stage_output(stage_dir: str | os.PathLike, fingerprint: str):
     """The saved output of a stage if it was finished with this fingerprint, else None."""
-    info = Path(stage_dir) / STAGE_INFO
-    if not info.exists() or json.loads(info.read_text()).get("fingerprint") != fingerprint:
+    if saved_fingerprint(stage_dir) != fingerprint:
         return None
     return load_from_disk(stage_dir)
 
