@@ -68,7 +68,7 @@ from .devices import resolve_device
 from .hub_access import reaching
 from .images import to_rgb
 from .mask_arithmetic import REGIONS, binary_mask, dilate, mask_bbox, mask_image, region_mask
-from .masking_template import FACE_ELLIPSE, HEAD_ELLIPSE, NECK_WIDTH, HairTemplate, check_ellipse, hair_template
+from .masking_template import FACE_ELLIPSE, HEAD_ELLIPSE, NECK_WIDTH, HairTemplate, check_ellipse
 from .stages import ImageGuard, ShardPlan, run_stage
 
 BACKENDS = ("grounded_sam", "column", "lang_sam", "template")
@@ -436,9 +436,7 @@ def _given_mask_row(mask: np.ndarray, config: MaskingConfig) -> dict:
 
 def _template_rows(batch: dict, config: MaskingConfig) -> list[dict]:
     template = config.hair_template()
-    return [_given_mask_row(hair_template(image.height, image.width, template.head, template.face,
-                                          template.neck_width), config)
-            for image in batch["image"]]
+    return [_given_mask_row(template.mask(image.height, image.width), config) for image in batch["image"]]
 
 
 def mask_batch(

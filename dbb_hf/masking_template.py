@@ -46,6 +46,10 @@ class HairTemplate:
     face: tuple[float, ...] = FACE_ELLIPSE
     neck_width: float = NECK_WIDTH  # checked where the mask is drawn, by hair_template
 
+    def mask(self, height: int, width: int) -> np.ndarray:
+        """This template's hair region of a ``(height, width)`` image (:func:`hair_template`)."""
+        return hair_template(height, width, self.head, self.face, self.neck_width)
+
 
 def check_ellipse(name: str, ellipse: Sequence[float]) -> None:
     """A clear error for an ellipse that is not 4 fractions with positive half axes."""
@@ -100,6 +104,5 @@ def jittered_template(
     dx, dy = rng.uniform(-shift, shift, 2)
     grow_x, grow_y = 1.0 + rng.uniform(-scale, scale, 2)
     (hx, hy, hw, hh), (fx, fy, fw, fh) = template.head, template.face
-    head = (hx + dx, hy + dy, hw * grow_x, hh * grow_y)
-    face = (fx + dx, fy + dy, fw, fh)
-    return hair_template(height, width, head, face, template.neck_width)
+    moved = HairTemplate((hx + dx, hy + dy, hw * grow_x, hh * grow_y), (fx + dx, fy + dy, fw, fh), template.neck_width)
+    return moved.mask(height, width)

@@ -47,6 +47,7 @@ from .stages import (
     save_stage_output, source_signature, stage_columns, stage_fingerprint, write_text_atomic,
 )
 from .textual_inversion import TextualInversionConfig, learn_tokens, load_tokens
+from .textual_inversion.data import template_record
 from .training import TrainingConfig, evaluate_models, train_classifier
 
 
@@ -353,10 +354,10 @@ class Pipeline:
         cfg = self.configs
         # Tokens learned on the hair template learn it from the masking config, as masking draws it.
         template = cfg["masking"].hair_template()
-        on_template = [template] if cfg["textual_inversion"].mask_region == "template" else []
-        fp = stage_fingerprint(
+        record = template_record(cfg["textual_inversion"].mask_region, template)
+        fp = stage_fingerprint(  # a box run keeps the fingerprint it had before tokens read the template
             "tokens", cfg["textual_inversion"], cfg["selection"], prompts, fp_sel,
-            local_models(cfg["textual_inversion"].model_id), *on_template,
+            local_models(cfg["textual_inversion"].model_id), *([] if record is None else [record]),
         )
         ti_rows = self._cached(
             "textual_inversion_images", fp,

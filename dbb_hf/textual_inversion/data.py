@@ -7,6 +7,7 @@ ones before it, so a run resumed from a checkpoint reproduces the uninterrupted 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +20,12 @@ from ..masking_template import HairTemplate, jittered_template
 # Where an inpainting UNet's token learns to paint: "box" (random boxes, and the whole image
 # with full_mask_probability) or "template" (the hair region of an aligned face).
 MASK_REGIONS = ("box", "template")
+
+
+def template_record(mask_region: str, template: HairTemplate) -> dict | None:
+    """``template`` as recorded (fingerprints, resume key, provenance) where ``mask_region`` draws
+    it, else None: a box run does not depend on the masking template."""
+    return dataclasses.asdict(template) if mask_region == "template" else None
 
 
 def as_pil_list(images) -> list[Image.Image]:

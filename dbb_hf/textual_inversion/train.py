@@ -31,7 +31,7 @@ from ..masking_template import HairTemplate
 from ..precision import DTYPES, stage_precision
 from ..state_files import load_state_file, save_state_file
 from .config import LoraTokenConfig, TextualInversionConfig, placeholder_token
-from .data import NOISE_STREAM, CausalTokenDataset, as_pil_list, sample_seed
+from .data import NOISE_STREAM, CausalTokenDataset, as_pil_list, sample_seed, template_record
 from .embeddings import EMBEDS_NAME, read_embeds, save_embeds, token_folder_name, vector_tokens
 from .lora import add_lora_adapters, lora_state_dicts, restore_lora_state, save_lora_folder
 
@@ -137,8 +137,8 @@ def _resume_key(config: TextualInversionConfig, token: str, prompt_name: str, le
                 template: HairTemplate) -> str:
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_CHANGES}
     key = {"config": fields, "token": token, "prompt_name": prompt_name, "lr": learning_rates}
-    if config.mask_region == "template":
-        key["hair_template"] = dataclasses.asdict(template)
+    if (record := template_record(config.mask_region, template)) is not None:
+        key["hair_template"] = record
     payload = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -261,8 +261,7 @@ class _TokenTraining:
             "prompt_name": prompt_name,
             "initializer_token": config.initializer_token,
             "mask_region": config.mask_region if self.inpainting else None,
-            "hair_template": dataclasses.asdict(hair_template)
-            if self.inpainting and config.mask_region == "template" else None,
+            "hair_template": template_record(config.mask_region, hair_template) if self.inpainting else None,
             "num_vectors": config.num_vectors,
             "prompt_template": config.prompt_templates[0],
             "model_id": config.model_id,
