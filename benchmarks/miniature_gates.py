@@ -277,7 +277,7 @@ def gate_details(world, results: dict, token_source: str) -> list[str]:
             lines.append(f"Gate {gate} per source group: {per_group}; prompts {gates[gate]['prompts']}.")
     if "B" in gates:
         lines.append(f"Gate B tokens: `learn_tokens` on this prior, {results['ti_steps']} steps per class"
-                     f"{token_source}, initialiser \"{world.object_word}\", masks: {world.token_mask_region}, "
+                     f"{token_source}, initialisers {results['token_initializers']}, masks: {world.token_mask_region}, "
                      f"{gates['B']['textual_inversion_seconds']:.0f} s on the CPU.")
     return lines
 
@@ -442,6 +442,8 @@ def main(argv=None) -> int:
                         help="Default: the world's (toy 7.5, InpaintingConfig's; face 20, the miniature preset's).")
     parser.add_argument("--mask_dilation", type=int, default=1, help="Pixels the mask is grown by.")
     parser.add_argument("--ti_steps", type=int, default=300, help="Textual-inversion steps per token (gate B).")
+    parser.add_argument("--class_initializer_tokens", nargs="*", default=[],
+                        help="Gate B: class=word initialisers of the tokens (default: the object word for every class).")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
     parser.add_argument("--update_card", action="store_true",
                         help="Write the measured figures into the prior's README.md card (between its gates markers).")
@@ -468,7 +470,8 @@ def main(argv=None) -> int:
     prior = resolve_prior(args.prior, output_dir)
     results = {"prior": prior, "world": args.world,
                "command": "python benchmarks/miniature_gates.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               **{k: getattr(args, k) for k in ("seed", "steps", "scheduler", "guidance_scale", "mask_dilation", "ti_steps", "num_images")}}
+               **{k: getattr(args, k) for k in ("seed", "steps", "scheduler", "guidance_scale", "mask_dilation", "ti_steps", "num_images",
+                                                "class_initializer_tokens")}}
     if args.train_oracle:
         results["oracle_training"] = world.train_oracle(args.oracle)
         print("oracle:", json.dumps(results["oracle_training"], indent=1))
@@ -496,7 +499,8 @@ def main(argv=None) -> int:
         images = world.token_images()
         results["token_images"] = sum(len(v) for v in images.values())
         token_config = TextualInversionConfig(
-            model_id=prior, initializer_token=world.object_word, mask_region=world.token_mask_region,
+            model_id=prior, initializer_token=world.object_word, class_initializer_tokens=args.class_initializer_tokens,
+            mask_region=world.token_mask_region,
             prompt_templates=["a photo of a {token} {class_name}", "a {token} {class_name}", "{token} {class_name}"],
             max_train_steps=args.ti_steps, train_batch_size=16, gradient_accumulation_steps=1, learning_rate=5e-4,
             resolution=world.resolution, checkpointing_steps=args.ti_steps, seed=args.seed,
@@ -510,6 +514,7 @@ def main(argv=None) -> int:
         load_tokens(pipe, os.path.join(output_dir, "tokens"))
         measured["B"] = run_gate(dataset, pipe, config, no_class, [learned[c] for c in (0, 1)], oracle)
         measured["B"]["textual_inversion_seconds"] = ti_seconds
+        results["token_initializers"] = {name: token_config.initializer_for(name) for name in names}
     if args.world == "face":
         save_verdict_grid(world, measured, args.grid or os.path.join(output_dir, "edits.png"))
     else:

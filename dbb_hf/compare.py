@@ -319,7 +319,7 @@ def run_compare(data: DataConfig, run: RunConfig, configs: dict, compare: Compar
                                    data, source_signature(data.data_dir), compare.model_selection)
             saved = json.loads(path.read_text()) if path.exists() else None
             if saved is None or saved.get("fingerprint") != fp:
-                cell_start, cpu_start = time.perf_counter(), time.process_time()
+                cell_start, cell_cpu_start = time.perf_counter(), time.process_time()
                 model_dir, extra = runner(s)
                 metrics = _evaluate(model_dir, s.data[0], s.pipeline.device)
                 saved = {
@@ -327,7 +327,7 @@ def run_compare(data: DataConfig, run: RunConfig, configs: dict, compare: Compar
                     "group_labels_used": group_labels_used(method, seeded, compare),
                     "model_selection": compare.model_selection, "seconds": round(time.perf_counter() - cell_start, 1),
                     # CPU time of this process (all its threads): the cost on a busy machine too.
-                    "cpu_seconds": round(time.process_time() - cpu_start, 1),
+                    "cpu_seconds": round(time.process_time() - cell_cpu_start, 1),
                     "extra": extra, **metrics,
                 }
                 if s.pipeline.state.is_main_process:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -72,10 +73,21 @@ def subset(cls: type, names: Sequence[str]) -> type:
     return copy
 
 
+# argparse before Python 3.13 takes "-1e9" for a flag (its negative numbers are -N and -N.M
+# only), so `--pruning_P -1e9` failed; this is 3.13's own pattern. No flag starts with a digit.
+_NEGATIVE_NUMBER = re.compile(r"-\.?\d")
+
+
+def _parser(types, **kwargs) -> HfArgumentParser:
+    parser = HfArgumentParser(types, **kwargs)
+    parser._negative_number_matcher = _NEGATIVE_NUMBER
+    return parser
+
+
 def section_parser(sections: Mapping[str, type], plain: Sequence[type] = ()) -> HfArgumentParser:
     """An HfArgumentParser over ``plain`` dataclasses and prefixed copies of ``sections``."""
     types = list(plain) + [_prefixed(name, cls) for name, cls in sections.items()]
-    return HfArgumentParser(types)
+    return _parser(types)
 
 
 def pipeline_sections() -> dict[str, type]:
@@ -234,7 +246,7 @@ def preparse(cls: type, args: Sequence[str], defaults: Mapping[str, Any] | None 
     For flags that decide how the rest is read (``--config``, ``--preset``, the Space's
     ``--tiny``); the rest goes to the full parser afterwards.
     """
-    parser = HfArgumentParser(cls, add_help=False, allow_abbrev=False)
+    parser = _parser(cls, add_help=False, allow_abbrev=False)
     if defaults:
         parser.set_defaults(**defaults)
     namespace, rest = parser.parse_known_args(args=list(args))

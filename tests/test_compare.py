@@ -66,6 +66,9 @@ def test_one_erm_model_per_seed_serves_jtt_dfr_and_dbb(compared):
     dbb_dfr = json.loads((seed / "dbb_dfr" / "model" / "dbb_hf.json").read_text())
     assert dbb_dfr["source_model"] == str(seed / "retrained" / "model")
     jtt = results["methods"]["jtt"]["extra"][0]
+    # The whole comparison's CPU time holds every cell's (each cell runs once here).
+    cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*/seed_*.json")]
+    assert results["cpu_seconds"] >= sum(cell["cpu_seconds"] for cell in cells) - 0.1 * len(cells)
     assert jtt["jtt_error_set"] == sum(jtt["jtt_error_set_groups"].values())
     # The run's own report shows the rho histograms of the kept and pruned edits.
     report = json.loads((seed / "report.json").read_text())

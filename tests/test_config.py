@@ -46,6 +46,15 @@ def test_layers_apply_in_order_recipe_preset_config_flags(tmp_path):
         masking_and_run(["--preset", "tinny"])
 
 
+def test_negative_numbers_in_scientific_notation_are_values_not_flags():
+    from dbb_hf.pruning import PruningConfig
+
+    _, configs = resolve_configs({"pruning": PruningConfig}, [("run", RunConfig)], ["--pruning_P", "-1e9", "-2.5E-3"])
+    assert configs["pruning"].P == [-1e9, -2.5e-3]
+    with pytest.raises(ValueError, match="--pruning_PP"):
+        resolve_configs({"pruning": PruningConfig}, [("run", RunConfig)], ["--pruning_PP", "-1e9"])
+
+
 def test_a_runs_config_yaml_is_a_valid_config_file(tmp_path):
     configs = {name: cls() for name, cls in SECTIONS.items()}
     saved = to_yaml({"data": DataConfig(dataset="toy"), "run": RunConfig(output_dir="old", shard_size=7), **configs,

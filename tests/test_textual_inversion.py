@@ -192,6 +192,32 @@ def test_learn_tokens_one_per_class_and_skips_finished_classes(models, toy, tmp_
     assert load_tokens(inpaint_pipe(models), tmp_path) == [tokens[0], tokens[1]]
 
 
+def test_class_initializer_tokens_start_each_class_from_its_word(models, toy, tmp_path):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    # A learning rate too small to move a row visibly: each token stays at the word it started from.
+    config = tiny_config(models, max_train_steps=1, learning_rate=1e-12, scale_lr=False,
+                         class_initializer_tokens=["vertical_bar=vertical"])
+    tokens = learn_tokens({0: toy[0], 1: toy[1]}, ["horizontal_bar", "vertical_bar"], config, tmp_path)
+    saved, info = read_embeds(tmp_path)
+    tokenizer = CLIPTokenizer.from_pretrained(models["base"], subfolder="tokenizer")
+    rows = CLIPTextModel.from_pretrained(models["base"], subfolder="text_encoder").get_input_embeddings().weight
+    for index, word in ((0, "bar"), (1, "vertical")):
+        assert info[tokens[index]]["initializer_token"] == word
+        word_row = rows[tokenizer.encode(word, add_special_tokens=False)[0]].detach()
+        assert torch.allclose(saved[tokens[index]][0], word_row, atol=1e-6)
+
+    with pytest.raises(ValueError, match="not of the form class=word"):
+        tiny_config(models, class_initializer_tokens=["vertical_bar"])
+    with pytest.raises(ValueError, match="twice"):
+        tiny_config(models, class_initializer_tokens=["a=bar", "a=vertical"])
+    # A class the dataset does not have is named before anything trains.
+    with pytest.raises(ValueError, match=r"\['vertical'\], which are not classes"):
+        learn_tokens({0: toy[0]}, ["horizontal_bar", "vertical_bar"],
+                     tiny_config(models, class_initializer_tokens=["vertical=bar"]), tmp_path / "unknown")
+    assert not (tmp_path / "unknown").exists()
+
+
 def test_lora_learner_changes_the_pipeline_output(models, toy, tmp_path):
     from diffusers import StableDiffusionPipeline
 

@@ -41,6 +41,11 @@ class TextualInversionConfig:
         default="animal",
         metadata={"help": "Word whose embedding initialises the token; must be one token of the tokenizer."},
     )
+    class_initializer_tokens: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Per-class initialiser words as class=word (e.g. blond=blond not_blond=dark): that "
+                  "class's token starts from the word's embedding; classes not named use initializer_token."},
+    )
     num_vectors: int = field(default=1, metadata={"help": "Embedding vectors per learned token."})
     prompt_templates: list[str] = field(
         default_factory=lambda: list(DEFAULT_TEMPLATES),
@@ -98,6 +103,7 @@ class TextualInversionConfig:
             )
         if not self.initializer_token.strip():
             raise ValueError("initializer_token must be a non-empty word")
+        self.class_initializers()  # a malformed item fails here, before any model is loaded
         if not self.prompt_templates:
             raise ValueError("prompt_templates must hold at least one template")
         for template in self.prompt_templates:
@@ -121,6 +127,24 @@ class TextualInversionConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.dataloader_num_workers < 0:
             raise ValueError(f"dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}")
+
+
+    def class_initializers(self) -> dict[str, str]:
+        """``{class name: initialiser word}`` of ``class_initializer_tokens``."""
+        words: dict[str, str] = {}
+        for item in self.class_initializer_tokens:
+            name, _, word = str(item).partition("=")
+            name, word = name.strip(), word.strip()
+            if not name or not word or " " in word:
+                raise ValueError(f"class_initializer_tokens item {item!r} is not of the form class=word")
+            if name in words:
+                raise ValueError(f"class_initializer_tokens names class {name!r} twice")
+            words[name] = word
+        return words
+
+    def initializer_for(self, class_name: str) -> str:
+        """The word whose embedding starts ``class_name``'s token."""
+        return self.class_initializers().get(class_name, self.initializer_token)
 
 
 @dataclass

@@ -236,7 +236,7 @@ class _TokenTraining:
         self.inpainting = in_channels != latent_channels
         self.token = placeholder_token(class_name, config)
         self.token_ids = add_placeholder_tokens(
-            self.tokenizer, self.text_encoder, self.token, config.num_vectors, config.initializer_token
+            self.tokenizer, self.text_encoder, self.token, config.num_vectors, config.initializer_for(class_name)
         )
         freeze_in(self.text_encoder, self.weight_dtype)
 
@@ -259,7 +259,7 @@ class _TokenTraining:
         self.info = {
             "class_name": class_name,
             "prompt_name": prompt_name,
-            "initializer_token": config.initializer_token,
+            "initializer_token": config.initializer_for(class_name),
             "mask_region": config.mask_region if self.inpainting else None,
             "hair_template": template_record(config.mask_region, hair_template) if self.inpainting else None,
             "num_vectors": config.num_vectors,
@@ -520,6 +520,10 @@ def learn_tokens(
         else list(prompt_name)
     if len(prompt_names) != len(class_names):
         raise ValueError(f"prompt_name has {len(prompt_names)} words {prompt_names} for {len(class_names)} classes")
+    unknown = sorted(set(config.class_initializers()) - set(class_names))
+    if unknown:
+        raise ValueError(f"class_initializer_tokens names {unknown}, which are not classes of this dataset "
+                         f"({list(class_names)})")
     tokens, vectors, info = {}, {}, {}
     for index in sorted(per_class_images):
         if not 0 <= index < len(class_names):
