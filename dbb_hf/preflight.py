@@ -57,6 +57,7 @@ def check_per_class_settings(run, configs: Mapping, names: list[str]) -> None:
         raise ValueError(f"selection ti_validation_groups has {len(selection.ti_validation_groups)} ids but the "
                          f"dataset has {len(names)} classes {names}")
     thresholds_per_class(configs["pruning"].P, len(names))
+    configs["textual_inversion"].check_classes(names)
     gammas = configs["retraining"].gammas
     if gammas is not None and len(gammas) != len(names):
         raise ValueError(f"retraining gammas has {len(gammas)} values {gammas} but the dataset has "

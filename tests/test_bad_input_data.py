@@ -225,6 +225,10 @@ def test_class_lists_that_disagree_are_named_before_erm(toy, tmp_path):
     with pytest.raises(ValueError, match=r"gammas has 3 values.*2 classes"):
         preflight(wrong_gammas.run, wrong_gammas.configs, dataset)
 
+    typo = make_pipeline(tmp_path, textual_inversion={"class_initializer_tokens": ["vertical=bar"]})
+    with pytest.raises(ValueError, match=r"class_initializer_tokens names \['vertical'\], which are not classes"):
+        preflight(typo.run, typo.configs, dataset)
+
     # A classifier trained on other classes, given as --erm_model.
     other = tmp_path / "other-classifier"
     save_classifier(create_classifier(CLASSIFIER, num_classes=2), str(other), ["cat", "dog"])

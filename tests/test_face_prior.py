@@ -16,10 +16,10 @@ from dbb_hf.masking import MASK_FEATURES, OK, MaskingConfig, run_masking
 from dbb_hf.masking_template import FACE_ELLIPSE, HEAD_ELLIPSE, hair_template
 from dbb_hf.stages import load_run_stage
 from dbb_hf.textual_inversion import EMBEDS_NAME, read_embeds
+from celeba_folders import write_cartoon_celeba
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "face_means"
-ATTRIBUTES = ["Bangs", "Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Wavy_Hair"]
 
 
 def aligned_faces(sizes) -> Dataset:
@@ -92,34 +92,9 @@ def test_template_backend_needs_no_label_and_fails_unreadable_rows_alone(tmp_pat
 # ---------------------------------------------------------------- the face world's training code
 
 
-def write_celeba(root: Path, num_identities: int = 16, per_identity: int = 3) -> Path:
-    """A CelebA folder in the official layout: 178x218 cartoon faces whose hair colour is the label."""
-    rng = np.random.default_rng(0)
-    (root / "img_align_celeba").mkdir(parents=True)
-    lines, partition, identity = [], [], []
-    for person in range(num_identities):
-        blond, male = (person % 4) // 2, person % 2
-        for k in range(per_identity):
-            name = f"{person * per_identity + k + 1:06d}.jpg"
-            pixels = np.full((218, 178, 3), rng.integers(60, 200, 3), np.uint8)
-            pixels[hair_template(218, 178)] = (230, 200, 90) if blond else (50, 35, 20)
-            pixels[hair_template(218, 178, head=FACE_ELLIPSE, face=(0.5, 0.5, 1e-6, 1e-6), neck_width=0)] = (
-                (200, 160, 140) if male else (230, 190, 170))
-            Image.fromarray(pixels).save(root / "img_align_celeba" / name)
-            values = {"Bangs": k == 0, "Black_Hair": not blond and person % 3 == 0, "Blond_Hair": blond,
-                      "Brown_Hair": not blond and person % 3 != 0, "Male": male, "Wavy_Hair": k == 1}
-            lines.append(name + " " + " ".join("1" if values[a] else "-1" for a in ATTRIBUTES))
-            partition.append(f"{name} {k % 3}")
-            identity.append(f"{name} {100 + person}")
-    (root / "list_attr_celeba.txt").write_text("\n".join([str(len(lines)), " ".join(ATTRIBUTES), *lines]) + "\n")
-    (root / "list_eval_partition.txt").write_text("\n".join(partition) + "\n")
-    (root / "identity_CelebA.txt").write_text("\n".join(identity) + "\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def celeba(tmp_path_factory):
-    return write_celeba(tmp_path_factory.mktemp("data") / "celeba")
+    return write_cartoon_celeba(tmp_path_factory.mktemp("data") / "celeba")
 
 
 def test_partition_halves_are_identity_disjoint_and_keep_every_group(celeba, tmp_path):

@@ -15,31 +15,9 @@ from datasets import load_from_disk
 from PIL import Image
 
 from dbb_hf.augmented import load_augmented
+from celeba_folders import write_noise_celeba
 
 REPO = Path(__file__).resolve().parents[1]
-ATTRIBUTES = ["Blond_Hair", "Eyeglasses", "Male"]
-
-
-def write_celeba(root: Path, num_identities=16, per_identity=3) -> Path:
-    rng = np.random.default_rng(0)
-    rows = []
-    for identity in range(num_identities):
-        blond, male = (identity % 4) // 2, identity % 2
-        for k in range(per_identity):
-            index = identity * per_identity + k + 1
-            rows.append((f"{index:06d}.jpg", blond, male, [0, 0, 1, 2][index % 4], identity))
-    (root / "img_align_celeba").mkdir(parents=True)
-    for name, blond, male, _, _ in rows:
-        pixels = rng.integers(0, 255, (44, 36, 3), dtype=np.uint8)
-        pixels[:12] = (230, 200, 80) if blond else (60, 40, 20)  # "hair"
-        Image.fromarray(pixels).save(root / "img_align_celeba" / name)
-    sign = lambda v: 1 if v else -1  # noqa: E731
-    lines = [f"{len(rows)}", " ".join(ATTRIBUTES)]
-    lines += [f"{n} {sign(b):2d} {sign(False):2d} {sign(m):2d}" for n, b, m, _, _ in rows]
-    (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
-    (root / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, _, _, p, _ in rows))
-    (root / "identity_CelebA.txt").write_text("".join(f"{n} {i}\n" for n, _, _, _, i in rows))
-    return root
 
 
 def accelerate_config(path: Path, num_processes: int) -> Path:
@@ -72,7 +50,7 @@ def launch(tmp_path: Path, data_dir: Path, out: Path, num_processes: int, recipe
 
 @pytest.fixture(scope="module")
 def celeba(tmp_path_factory):
-    return write_celeba(tmp_path_factory.mktemp("data") / "celeba")
+    return write_noise_celeba(tmp_path_factory.mktemp("data") / "celeba")
 
 
 def _generated(out: Path):

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dbb_hf.state_files import load_state_file, save_state_file
-from test_recipes import write_celeba
+from celeba_folders import write_noise_celeba
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("dbb_hf", "recipes", "examples", "benchmarks")
@@ -200,7 +200,7 @@ def test_state_files_refuse_what_they_cannot_hold(tmp_path):
 def tokened_run(tmp_path_factory):
     """The tiny CelebA recipe and ``dbb-hf push --to_folder`` with HF_TOKEN set; their output."""
     root = tmp_path_factory.mktemp("tokened")
-    data = write_celeba(root / "celeba")
+    data = write_noise_celeba(root / "celeba")
     out = root / "run"
     hub_token, legacy_token = (f"hf_{secrets.token_hex(16)}" for _ in range(2))
     env = dict(

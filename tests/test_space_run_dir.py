@@ -28,7 +28,7 @@ from dbb_hf.mask_arithmetic import region_mask
 from dbb_hf.masking_template import hair_template
 from dbb_hf.miniature import FACE_PRIOR_PATH, PRIOR_PATH
 from test_demo_diffusion import SMALL
-from test_face_prior import write_celeba
+from celeba_folders import write_cartoon_celeba
 from test_space_app import load_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def toy_run(tmp_path_factory):
 def face_run(tmp_path_factory):
     """A finished `recipes/celeba.py --preset miniature` run on the shipped face prior (about 20 s)."""
     root = tmp_path_factory.mktemp("face-run")
-    celeba = write_celeba(root / "celeba")
+    celeba = write_cartoon_celeba(root / "celeba")
     short = ["--erm_num_epochs", "1", "--retraining_num_epochs", "1", "--textual_inversion_max_train_steps", "2",
              "--inpainting_num_inference_steps", "2", "--pruning_n_steps", "4", "--selection_ti_num_images", "3"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",

@@ -128,7 +128,6 @@ class TextualInversionConfig:
         if self.dataloader_num_workers < 0:
             raise ValueError(f"dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}")
 
-
     def class_initializers(self) -> dict[str, str]:
         """``{class name: initialiser word}`` of ``class_initializer_tokens``."""
         words: dict[str, str] = {}
@@ -141,6 +140,13 @@ class TextualInversionConfig:
                 raise ValueError(f"class_initializer_tokens names class {name!r} twice")
             words[name] = word
         return words
+
+    def check_classes(self, class_names) -> None:
+        """A ValueError if ``class_initializer_tokens`` names a class not in ``class_names``."""
+        unknown = sorted(set(self.class_initializers()) - set(class_names))
+        if unknown:
+            raise ValueError(f"textual_inversion class_initializer_tokens names {unknown}, which are not classes "
+                             f"of this dataset ({list(class_names)})")
 
     def initializer_for(self, class_name: str) -> str:
         """The word whose embedding starts ``class_name``'s token."""

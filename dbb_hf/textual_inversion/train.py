@@ -520,10 +520,7 @@ def learn_tokens(
         else list(prompt_name)
     if len(prompt_names) != len(class_names):
         raise ValueError(f"prompt_name has {len(prompt_names)} words {prompt_names} for {len(class_names)} classes")
-    unknown = sorted(set(config.class_initializers()) - set(class_names))
-    if unknown:
-        raise ValueError(f"class_initializer_tokens names {unknown}, which are not classes of this dataset "
-                         f"({list(class_names)})")
+    config.check_classes(class_names)
     tokens, vectors, info = {}, {}, {}
     for index in sorted(per_class_images):
         if not 0 <= index < len(class_names):
