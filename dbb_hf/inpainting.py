@@ -39,7 +39,7 @@ import torch
 from datasets import Dataset, Image as ImageFeature, Value
 from PIL import Image
 
-from .data.common import require_columns
+from .data.common import require_column_names
 from .devices import diffusers_dtype, resolve_device, resolve_dtype
 from .hub_access import reaching
 from .images import to_rgb
@@ -229,7 +229,7 @@ def _editable_rows(batch: dict, statuses: list[str], dilation: int):
 
 
 def _check_batch(batch: dict) -> None:
-    require_columns(batch.keys(), INPUT_COLUMNS, "the inpainting input")
+    require_column_names(batch.keys(), INPUT_COLUMNS, "the inpainting input")
 
 
 def class_prompt(config: InpaintingConfig, class_names: Sequence[str], tokens: Sequence[str], target: int) -> str:
@@ -287,7 +287,7 @@ def inpaint_batch(batch: dict, *, pipe, config: InpaintingConfig, class_names: S
 
 def prepare_donors(dataset: Dataset) -> Dataset:
     """Rows usable as donors: an OK, non-empty mask (columns image, mask, label, example_id)."""
-    require_columns(dataset.column_names, ("image", "mask", "label", "example_id"), "the donor dataset")
+    require_column_names(dataset.column_names, ("image", "mask", "label", "example_id"), "the donor dataset")
     keep = ["image", "mask", "label", "example_id"] + (["mask_status"] if "mask_status" in dataset.column_names else [])
     donors = dataset.select_columns(keep)
 
@@ -429,7 +429,7 @@ def run_inpainting(
     (or the donors); ``extra_fingerprint`` names anything else the pipe depends on (e.g.
     the hash of LoRA weights loaded into it).
     """
-    require_columns(dataset.column_names, INPUT_COLUMNS, "the inpainting input dataset")
+    require_column_names(dataset.column_names, INPUT_COLUMNS, "the inpainting input dataset")
     if config.backend == "diffusers":
         if pipe is None:
             raise ValueError("the diffusers backend needs pipe= (see load_inpainting_pipeline)")
@@ -450,7 +450,7 @@ def run_inpainting(
     else:
         if donors is None:
             raise ValueError("the compose backend needs donors= (see prepare_donors)")
-        require_columns(donors.column_names, ("image", "mask", "label", "example_id"), "the donor dataset")
+        require_column_names(donors.column_names, ("image", "mask", "label", "example_id"), "the donor dataset")
         function, fn_kwargs = compose_batch, {"donors": donors}
         parts = ["compose", donors._fingerprint]
     parts += list(extra_fingerprint)

@@ -128,10 +128,6 @@ def score_batch(batch: dict, *, model: torch.nn.Module, transform, device) -> di
     return {"erm_loss": losses.cpu().tolist(), "erm_probs": probs.cpu().tolist()}
 
 
-def _require_columns(dataset: Dataset, columns: Sequence[str], what: str, hint: str = "") -> None:
-    require_columns(dataset, columns, what, hint=hint)
-
-
 def score_dataset(
     dataset: Dataset,
     model: torch.nn.Module,
@@ -151,7 +147,7 @@ def score_dataset(
     ``processes`` (Accelerate's ``PartialState`` of an ``accelerate launch`` run): every
     process scores a contiguous share of the rows and all of them get every row's scores.
     """
-    _require_columns(dataset, ["image", "label"], "score_dataset")
+    require_columns(dataset, ["image", "label"], "score_dataset")
     if not isinstance(dataset.features["label"], ClassLabel):
         raise ValueError(f"score_dataset needs `label` to be a ClassLabel, got {dataset.features['label']}")
     check_label_values(dataset, "label", what="score_dataset")
@@ -212,7 +208,7 @@ def _ranked_members(labels: np.ndarray, losses: np.ndarray, ids: list[str], labe
 
 
 def _scores(dataset: Dataset, what: str):
-    _require_columns(dataset, ["label", "erm_loss", "example_id"], what, "; score it first with score_dataset")
+    require_columns(dataset, ["label", "erm_loss", "example_id"], what, hint="; score it first with score_dataset")
     if not isinstance(dataset.features["label"], ClassLabel):
         raise ValueError(f"{what} needs `label` to be a ClassLabel, got {dataset.features['label']}")
     check_label_values(dataset, "label", what=what)
@@ -274,7 +270,7 @@ def select_lowest_loss(scored_train: Dataset, config: SelectionConfig, cache_dir
 
 def check_ti_validation_groups(validation: Dataset, config: SelectionConfig) -> None:
     """Each class's ``ti_validation_groups`` id names a validation group of that class only."""
-    _require_columns(validation, ["label", "group"], "ti_source='validation_group'")
+    require_columns(validation, ["label", "group"], "ti_source='validation_group'")
     labels = np.asarray(validation["label"])
     groups = np.asarray(validation["group"])
     names = validation.features["label"].names
@@ -301,9 +297,9 @@ def _validation_group_of_class(validation: Dataset, label: int, config: Selectio
     if config.ti_validation_groups is not None:
         check_ti_validation_groups(validation, config)
         return config.ti_validation_groups[label]
-    _require_columns(
+    require_columns(
         validation, ["erm_loss"], "choosing the validation group automatically",
-        "; score the validation split with score_dataset, or set ti_validation_groups",
+        hint="; score the validation split with score_dataset, or set ti_validation_groups",
     )
     losses = np.asarray(validation["erm_loss"], dtype=np.float64)
     candidates = sorted(set(groups[labels == label].tolist()))
@@ -346,7 +342,7 @@ def select_textual_inversion(scored_train: Dataset, validation: Dataset | None, 
     else:
         if validation is None:
             raise ValueError("ti_source='validation_group' needs the validation split")
-        _require_columns(validation, ["label", "group"], "ti_source='validation_group'")
+        require_columns(validation, ["label", "group"], "ti_source='validation_group'")
         if validation.features["label"].names != names:
             raise ValueError(
                 f"validation classes {validation.features['label'].names} differ from training classes {names}"
@@ -378,8 +374,8 @@ def selection_purity(selected: Dataset, train: Dataset) -> dict:
     "train_majority_fraction"}}``, where ``purity`` is None when nothing was selected.
     """
     for dataset, what in ((selected, "the selection"), (train, "the training set")):
-        _require_columns(dataset, ["label", "group", "example_id"], f"selection_purity ({what})",
-                         "; purity can only be measured where group labels are known")
+        require_columns(dataset, ["label", "group", "example_id"], f"selection_purity ({what})",
+                        hint="; purity can only be measured where group labels are known")
     features = train.features
     names = group_names(features) if isinstance(features.get("spurious"), ClassLabel) else None
     train_labels = np.asarray(train["label"])

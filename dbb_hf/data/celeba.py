@@ -50,7 +50,7 @@ from datasets import ClassLabel, Dataset, DatasetDict
 
 from .common import (
     SPLITS, DatasetFormatError, balance_classes, base_features, check_kept_columns, deduplicate, plain,
-    require_columns, require_file,
+    require_column_names, require_file,
 )
 
 IMAGE_FOLDER = "img_align_celeba"
@@ -260,7 +260,7 @@ def load_celeba(config: CelebAConfig) -> DatasetDict:
     image_dir = require_file(os.path.join(root, IMAGE_FOLDER), "CelebA image folder")
     attributes_path = require_file(os.path.join(root, ATTRIBUTES_FILE), "CelebA attribute file")
     attributes, lines = read_attributes(attributes_path)
-    require_columns(attributes.columns, [config.target_attribute, config.spurious_attribute], attributes_path)
+    require_column_names(attributes.columns, [config.target_attribute, config.spurious_attribute], attributes_path)
     files = attributes.index
     kept = check_kept_columns(config.keep_columns, attributes.columns, attributes_path)
 

@@ -90,7 +90,7 @@ def check_kept_columns(
     repeated = sorted(name for name, n in Counter(keep).items() if n > 1)
     if repeated:
         raise DatasetFormatError(f"{source}: keep_columns names {repeated} more than once")
-    require_columns(available, keep, source)
+    require_column_names(available, keep, source)
     return keep
 
 
@@ -155,7 +155,9 @@ def deduplicate(frame: pd.DataFrame, key: str, source: str, rows: Optional[Seque
     return frame[~repeats]
 
 
-def require_columns(columns: Iterable[str], required: Iterable[str], source: str) -> None:
+def require_column_names(columns: Iterable[str], required: Iterable[str], source: str) -> None:
+    """Raise a DatasetFormatError naming ``source`` unless ``columns`` (of a file, table or batch being
+    read) hold every one of ``required``; ``dbb_hf.checks.require_columns`` checks a built Dataset."""
     missing = [c for c in required if c not in set(columns)]
     if missing:
         raise DatasetFormatError(

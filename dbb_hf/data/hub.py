@@ -44,7 +44,7 @@ from ..checks import check_class_names, check_label_values
 from ..hub_access import reaching
 from .common import (
     CONTRACT_COLUMNS, MASK_COLUMN, SHOWN, SPLITS, DatasetFormatError, base_features, check_kept_columns, deduplicate,
-    group_id, require_columns,
+    group_id, require_column_names,
 )
 
 
@@ -217,7 +217,7 @@ def _check_columns(dataset: Dataset, config: HubConfig, split: str) -> None:
     where = f"{config.path} split {split!r}"
     wanted = [config.image_column, config.label_column, config.spurious_column]
     wanted += [c for c in (config.example_id_column, config.mask_column) if c]
-    require_columns(dataset.column_names, wanted, where)
+    require_column_names(dataset.column_names, wanted, where)
     check_kept_columns(config.keep_columns, dataset.column_names, where, reserved=(*CONTRACT_COLUMNS, MASK_COLUMN))
     for column in filter(None, (config.image_column, config.mask_column)):
         feature = dataset.features[column]

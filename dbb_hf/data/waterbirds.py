@@ -34,7 +34,7 @@ from datasets import DatasetDict, Image
 
 from .common import (
     CONTRACT_COLUMNS, MASK_COLUMN, SPLITS, DatasetFormatError, base_features, check_kept_columns, column_features,
-    deduplicate, from_records, require_columns, require_file,
+    deduplicate, from_records, require_column_names, require_file,
 )
 
 LABEL_NAMES = ["landbird", "waterbird"]
@@ -71,7 +71,7 @@ def load_waterbirds(config: WaterbirdsConfig) -> DatasetDict:
     root = os.path.abspath(config.data_dir)
     metadata_path = require_file(os.path.join(root, METADATA_FILE), "Waterbirds metadata")
     metadata = pd.read_csv(metadata_path)
-    require_columns(metadata.columns, ["img_filename", *ALLOWED_VALUES], metadata_path)
+    require_column_names(metadata.columns, ["img_filename", *ALLOWED_VALUES], metadata_path)
     kept = check_kept_columns(config.keep_columns, metadata.columns, metadata_path,
                               reserved=(*CONTRACT_COLUMNS, MASK_COLUMN))
     for column, allowed in ALLOWED_VALUES.items():
