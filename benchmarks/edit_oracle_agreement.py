@@ -32,20 +32,28 @@ from dbb_hf.modeling import image_probabilities, load_classifier
 from dbb_hf.stages import load_run_stage
 
 
-def agreement(run_dir: str, oracle) -> list[dict]:
-    """Per direction: counts and the oracle's target-class share of kept, pruned and all edits."""
+def judged_edits(run_dir: str, oracle):
+    """A run's generated edits (its pruning stage) and the oracle's class for each."""
     edits = load_run_stage(run_dir, "pruning")
     edits = edits.filter(lambda status: status == "ok", input_columns="generation_status")
+    return edits, image_probabilities(oracle, edits["generated"]).argmax(axis=1)
+
+
+def _directions(edits):
     names = edits.features["label"].names
-    judged = image_probabilities(oracle, edits["generated"]).argmax(axis=1)
-    target = np.asarray(edits["target_label"])
-    source = np.asarray(edits["label"])
+    source, target = np.asarray(edits["label"]), np.asarray(edits["target_label"])
+    for s, t in sorted(set(zip(source.tolist(), target.tolist()))):
+        yield f"{names[s]}->{names[t]}", (source == s) & (target == t), t
+
+
+def agreement(run_dir: str, oracle) -> list[dict]:
+    """Per direction: counts and the oracle's target-class share of kept, pruned and all edits."""
+    edits, judged = judged_edits(run_dir, oracle)
     keep = np.asarray(edits["keep"], dtype=bool)
     rows = []
-    for s, t in sorted(set(zip(source.tolist(), target.tolist()))):
-        direction = (source == s) & (target == t)
+    for name, direction, t in _directions(edits):
         hit = judged == t
-        row = {"run": run_dir, "direction": f"{names[s]}->{names[t]}", "edits": int(direction.sum())}
+        row = {"run": run_dir, "direction": name, "edits": int(direction.sum())}
         for part, chosen in (("kept", direction & keep), ("pruned", direction & ~keep), ("all", direction)):
             row[part] = int(chosen.sum())
             row[f"{part}_target"] = float(hit[chosen].mean()) if chosen.any() else float("nan")
@@ -53,10 +61,31 @@ def agreement(run_dir: str, oracle) -> list[dict]:
     return rows
 
 
+def stricter(run_dir: str, oracle, rho_above=(), psi_below=()) -> list[dict]:
+    """Per direction and threshold: the kept edits that a stricter rule would still keep (rho
+    above a larger P, or psi below a value under Psi), and the oracle's target-class share of
+    them. It asks whether a threshold separates the edits the oracle calls right."""
+    edits, judged = judged_edits(run_dir, oracle)
+    keep = np.asarray(edits["keep"], dtype=bool)
+    rho, psi = np.asarray(edits["rho"], dtype=float), np.asarray(edits["psi"], dtype=float)
+    rows = []
+    for name, direction, t in _directions(edits):
+        rules = [(f"rho > {v:g}", rho > v) for v in rho_above] + [(f"psi < {v:g}", psi < v) for v in psi_below]
+        for rule, passes in rules:
+            chosen = direction & keep & passes
+            rows.append({"run": run_dir, "direction": name, "rule": rule, "kept": int(chosen.sum()),
+                         "kept_target": float((judged == t)[chosen].mean()) if chosen.any() else float("nan")})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("run_dirs", nargs="+", help="finished run folders (their pruning stage)")
     parser.add_argument("--oracle", default=FACE_ORACLE_PATH, help="the judge (a dbb_hf classifier folder)")
+    parser.add_argument("--rho_above", type=float, nargs="*", default=[],
+                        help="also: the kept edits with rho above each value (a larger P), judged")
+    parser.add_argument("--psi_below", type=float, nargs="*", default=[],
+                        help="also: the kept edits with psi below each value (a stricter psi rule), judged")
     args = parser.parse_args(argv)
     print_machine("edits judged by an independent oracle", {"oracle": args.oracle})
     oracle = load_classifier(args.oracle)
@@ -67,6 +96,12 @@ def main(argv=None) -> int:
         for row in agreement(run_dir, oracle):
             print(f"| {row['run']} | {row['direction']} | {row['edits']} | {row['kept']} | {row['kept_target']:.1%} "
                   f"| {row['pruned']} | {row['pruned_target']:.1%} | {row['all_target']:.1%} |")
+    if args.rho_above or args.psi_below:
+        print("\n| run | direction | kept edits that also pass | kept | judged target |")
+        print("|---|---|---|---:|---:|")
+        for run_dir in args.run_dirs:
+            for row in stricter(run_dir, oracle, args.rho_above, args.psi_below):
+                print(f"| {row['run']} | {row['direction']} | {row['rule']} | {row['kept']} | {row['kept_target']:.1%} |")
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from .precision import resolve_sections
 from .processes import DEFAULT_TIMEOUT_S, process_state
 from .preflight import preflight, resolve_class_prompts
 from .pruning import SCORE_FEATURES, VERDICT_FEATURES, PruningConfig, apply_thresholds, class_confidence, score_edits
-from .revisions import pin, resolve_run
+from .revisions import folder_digest, pin, resolve_run
 from .run_lock import run_folder_lock
 from .selection import ERM_FEATURES, SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion, selection_purity
 from .accounting import account_stage, outcome_counts
@@ -551,7 +552,10 @@ def local_models(*model_ids) -> list:
 
     A Hub model is pinned by its id and revision, which the configs hold; a local folder
     can change in place (a retrained model, or the miniature prior of a newer dbb_hf), so
-    its files' names, sizes and modification times join the fingerprint.
+    its files' contents join the fingerprint: the digest config.yaml records for it. Not
+    their modification times, which a clone, a reinstall or a restored workspace renews,
+    and with them every stage made with the shipped priors.
     """
-    return [source_signature(model_id) for model_id in model_ids]
+    return [folder_digest(model_id) if model_id is not None and os.path.isdir(model_id) else None
+            for model_id in model_ids]
 

@@ -1,6 +1,8 @@
 """The resumable, sharded stage runner: every input row exactly once, in order, whatever
 the shard size and wherever a previous run stopped."""
 
+import os
+
 import pytest
 from datasets import Dataset, Features, Value
 
@@ -66,8 +68,13 @@ def test_local_model_folders_join_the_fingerprint(tmp_path):
     (tmp_path / "unet" / "model.safetensors").write_bytes(b"old")
     before = local_models(str(tmp_path), "owner/hub-model")
     assert before[0] is not None and before[1] is None  # Hub ids are pinned by id and revision
-    (tmp_path / "unet" / "model.safetensors").write_bytes(b"newer weights")
+    (tmp_path / "unet" / "model.safetensors").write_bytes(b"new")  # retrained in place, same size
     assert local_models(str(tmp_path), "owner/hub-model") != before
+    # A clone, a reinstall or a restored workspace renews the files' times, not their bytes:
+    # the stages made with the shipped priors stay reusable.
+    now = local_models(str(tmp_path))
+    os.utime(tmp_path / "unet" / "model.safetensors", ns=(1, 1))
+    assert local_models(str(tmp_path)) == now
 
 
 # ---------------------------------------------------------------- column-only stage folders
