@@ -46,9 +46,8 @@ def _directions(edits):
         yield f"{names[s]}->{names[t]}", (source == s) & (target == t), t
 
 
-def agreement(run_dir: str, oracle) -> list[dict]:
+def agreement(run_dir: str, edits, judged) -> list[dict]:
     """Per direction: counts and the oracle's target-class share of kept, pruned and all edits."""
-    edits, judged = judged_edits(run_dir, oracle)
     keep = np.asarray(edits["keep"], dtype=bool)
     rows = []
     for name, direction, t in _directions(edits):
@@ -61,11 +60,10 @@ def agreement(run_dir: str, oracle) -> list[dict]:
     return rows
 
 
-def stricter(run_dir: str, oracle, rho_above=(), psi_below=()) -> list[dict]:
+def stricter(run_dir: str, edits, judged, rho_above=(), psi_below=()) -> list[dict]:
     """Per direction and threshold: the kept edits that a stricter rule would still keep (rho
     above a larger P, or psi below a value under Psi), and the oracle's target-class share of
     them. It asks whether a threshold separates the edits the oracle calls right."""
-    edits, judged = judged_edits(run_dir, oracle)
     keep = np.asarray(edits["keep"], dtype=bool)
     rho, psi = np.asarray(edits["rho"], dtype=float), np.asarray(edits["psi"], dtype=float)
     rows = []
@@ -92,15 +90,16 @@ def main(argv=None) -> int:
     print("| run | direction | edits | kept | judged target, kept | pruned | judged target, pruned "
           "| judged target, all |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
+    judged = {run_dir: judged_edits(run_dir, oracle) for run_dir in args.run_dirs}  # once per run
     for run_dir in args.run_dirs:
-        for row in agreement(run_dir, oracle):
+        for row in agreement(run_dir, *judged[run_dir]):
             print(f"| {row['run']} | {row['direction']} | {row['edits']} | {row['kept']} | {row['kept_target']:.1%} "
                   f"| {row['pruned']} | {row['pruned_target']:.1%} | {row['all_target']:.1%} |")
     if args.rho_above or args.psi_below:
         print("\n| run | direction | kept edits that also pass | kept | judged target |")
         print("|---|---|---|---:|---:|")
         for run_dir in args.run_dirs:
-            for row in stricter(run_dir, oracle, args.rho_above, args.psi_below):
+            for row in stricter(run_dir, *judged[run_dir], args.rho_above, args.psi_below):
                 print(f"| {row['run']} | {row['direction']} | {row['rule']} | {row['kept']} | {row['kept_target']:.1%} |")
     return 0
 
