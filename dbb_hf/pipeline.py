@@ -254,7 +254,7 @@ class Pipeline:
     def train_erm(self, dataset: DatasetDict, fp_data: str) -> tuple[str, str]:
         if self.run.erm_model:
             return self.run.erm_model, stage_fingerprint(
-                "erm-given", self.run.erm_model, local_models(self.run.erm_model)
+                "erm-given", self.run.erm_model, self._model_digests(self.run.erm_model)
             )
         config = dataclasses.replace(self.configs["erm"], output_dir=str(self.out / "erm"))
         fp = stage_fingerprint("erm", [self.configs["classifier"], dataclasses.replace(config, output_dir="")], fp_data)
@@ -306,7 +306,7 @@ class Pipeline:
 
         fp_mask = stage_fingerprint(
             "masks", cfg["masking"], prompts, fp_sel,
-            local_models(cfg["masking"].detector_id, cfg["masking"].segmenter_id),
+            self._model_digests(cfg["masking"].detector_id, cfg["masking"].segmenter_id),
         )
         # The selection's own mask column is kept as source_mask: masking writes mask anew.
         to_mask, masking = keep_source_mask(selected, cfg["masking"])
@@ -318,7 +318,7 @@ class Pipeline:
         accounting = {"masks": account_stage("masks", selected, masked)}
 
         fp_gen = stage_fingerprint(
-            "generation", cfg["inpainting"], prompts, fp_mask, fp_tok, local_models(cfg["inpainting"].model_id)
+            "generation", cfg["inpainting"], prompts, fp_mask, fp_tok, self._model_digests(cfg["inpainting"].model_id)
         )
         generated = self._cached_columns("generation", fp_gen, masked,
                                          lambda d: self._run_generation(masked, prompts, tokens, d),
@@ -340,6 +340,13 @@ class Pipeline:
         return pruned, {"Psi": Psi, "P": cfg["pruning"].P, "purity": purity, "tokens": tokens, "fingerprint": fp_prune,
                         "model": model, "accounting": accounting}
 
+    def _model_digests(self, *model_ids) -> list:
+        """:func:`local_models` of these ids, taking the digests this run resolved at its start
+        (the ones config.yaml records): a local folder is read once per run, not once per
+        stage that loads it, which for a local SD checkout is gigabytes each time."""
+        resolved = {entry["id"]: entry["digest"] for entry in self.revisions.values() if entry.get("digest")}
+        return [resolved[m] if m in resolved else local_models(m)[0] for m in model_ids]
+
     def score_split(self, stage: str, dataset: DatasetDict, split: str, model, fp_erm: str) -> Dataset:
         """``dataset[split]`` with the ERM model's per-image ``erm_loss`` and ``erm_probs``; every
         process scores its share of the rows. The stage keeps only the scores (and ``example_id``):
@@ -358,7 +365,7 @@ class Pipeline:
         record = template_record(cfg["textual_inversion"].mask_region, template)
         fp = stage_fingerprint(  # a box run keeps the fingerprint it had before tokens read the template
             "tokens", cfg["textual_inversion"], cfg["selection"], prompts, fp_sel,
-            local_models(cfg["textual_inversion"].model_id), *([] if record is None else [record]),
+            self._model_digests(cfg["textual_inversion"].model_id), *([] if record is None else [record]),
         )
         ti_rows = self._cached(
             "textual_inversion_images", fp,

@@ -125,7 +125,10 @@ def resolve_run(run, configs: Mapping, known: Optional[Mapping[str, dict]] = Non
     for role, (model_id, revision) in run_models(run, configs).items():
         entry = known.get(role)
         if not (entry and (entry.get("commit") or entry.get("digest"))):
-            entry = resolve_revision(model_id, revision, PROBES[role])
+            # Two roles can load one local folder (the miniature prior learns the tokens and
+            # inpaints): it is read once, which for a local SD checkout is gigabytes.
+            same = next((e for e in resolved.values() if e["id"] == model_id and e.get("digest")), None)
+            entry = dict(same) if same else resolve_revision(model_id, revision, PROBES[role])
         resolved[role] = entry
     return resolved
 

@@ -77,6 +77,36 @@ def test_local_model_folders_join_the_fingerprint(tmp_path):
     assert local_models(str(tmp_path)) == now
 
 
+def test_a_run_reads_each_local_model_folder_once(tmp_path, monkeypatch):
+    """The prior that learns the tokens and inpaints is one folder: config.yaml and every stage
+    fingerprint take the digest resolved at the run's start (a local SD checkout is gigabytes)."""
+    import dataclasses
+
+    from dbb_hf import pipeline, revisions
+
+    prior = tmp_path / "prior"
+    (prior / "unet").mkdir(parents=True)
+    (prior / "unet" / "model.safetensors").write_bytes(b"weights")
+    pipe = _pipeline(tmp_path)
+    for section in ("textual_inversion", "inpainting"):
+        pipe.configs[section] = dataclasses.replace(pipe.configs[section], model_id=str(prior))
+    pipe.given_configs = pipe.configs
+    reads = []
+    real = revisions.folder_digest
+    monkeypatch.setattr(revisions, "folder_digest", lambda path: reads.append(path) or real(path))
+    pipe.revisions = revisions.resolve_run(pipe.run, pipe.configs)
+    assert pipe.revisions["textual_inversion"]["digest"] == pipe.revisions["inpainting"]["digest"] == real(prior)
+    assert reads == [str(prior)]
+
+    monkeypatch.setattr(pipeline, "folder_digest", lambda path: reads.append(path) or real(path))
+    assert pipe._model_digests(str(prior), "owner/hub-model") == [real(prior), None]
+    assert reads == [str(prior)]  # the stages read nothing more
+    # A folder no role resolved (a given ERM model, say) is still read.
+    other = tmp_path / "other"
+    other.mkdir()
+    assert pipe._model_digests(str(other)) == [real(other)] and reads[-1] == str(other)
+
+
 # ---------------------------------------------------------------- column-only stage folders
 
 def _pipeline(tmp_path):
