@@ -9,35 +9,24 @@ from __future__ import annotations
 
 import math
 
-import datasets
-import huggingface_hub
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 
 from dbb_hf.augmented import build_augmented
 from dbb_hf.checks import check_classes_present
-from dbb_hf.config import DataConfig
 from dbb_hf.data import DatasetFormatError, load_benchmark
 from dbb_hf.data.toy import ToyConfig, load_toy
 from dbb_hf.hub_access import HubUnreachableError
 from dbb_hf.modeling import ClassifierConfig, create_classifier, save_classifier
-from dbb_hf.pipeline import SECTIONS, Pipeline, RunConfig
 from dbb_hf.preflight import preflight
 from dbb_hf.pruning import apply_thresholds, class_confidence
 from dbb_hf.selection import SelectionConfig, score_dataset, select_lowest_loss, select_textual_inversion
 from dbb_hf.training import NonFiniteLossError, TrainingConfig, train_classifier
+from offline_pipeline import make_pipeline, offline  # noqa: F401  (offline: an autouse fixture)
 
 CLASSIFIER = ClassifierConfig("resnet10t", pretrained=False, image_size=32, crop_pct=1.0)
 NAMES = ["horizontal_bar", "vertical_bar"]
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """No test here may touch the network: the Hub clients run in offline mode."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="module")
@@ -85,18 +74,6 @@ def training_config(tmp_path, **overrides) -> TrainingConfig:
     return TrainingConfig(**settings)
 
 
-def make_pipeline(tmp_path, *, run=None, **sections) -> Pipeline:
-    """A pipeline on a tiny toy with the demo's offline backends, sections overridden by keyword."""
-    defaults = {
-        "classifier": dict(model_name="resnet10t", pretrained=False, image_size=32, crop_pct=1.0),
-        "masking": dict(backend="column", mask_column="mask"),
-        "inpainting": dict(backend="compose"),
-    }
-    configs = {}
-    for name, cls in SECTIONS.items():
-        configs[name] = cls(**{**defaults.get(name, {}), **sections.get(name, {})})
-    data = DataConfig(options=["num_train=32", "num_validation=8", "num_test=8"])
-    return Pipeline(data, RunConfig(output_dir=str(tmp_path / "run"), **(run or {})), configs)
 
 
 # ------------------------------------------------------------------ labels out of range

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature, Value, load_from_disk
+from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, Value, load_from_disk
 from PIL import Image
 
 import dbb_hf.data as data_registry
@@ -23,7 +23,7 @@ from dbb_hf.data import DatasetFormatError
 from dbb_hf.data.toy import ToyConfig, load_toy
 from dbb_hf.images import UnreadableImageError, decode_image, to_rgb
 from dbb_hf import pruning, selection
-from dbb_hf.inpainting import InpaintingConfig, inpaint_batch, load_inpainting_pipeline, prepare_donors, run_inpainting
+from dbb_hf.inpainting import inpaint_batch, run_inpainting
 from dbb_hf.masking import MaskingConfig, load_masking_models, mask_batch, run_masking
 from dbb_hf.modeling import eval_transform
 from dbb_hf.presets import DEMO_PRESET
@@ -31,12 +31,9 @@ from dbb_hf.pruning import PruningConfig, apply_thresholds, score_edits
 from dbb_hf.selection import score_dataset
 from dbb_hf.stages import UnreadableRowsError, load_run_stage
 from dbb_hf.tiny.detection import save_tiny_grounding_dino, save_tiny_sam
-from dbb_hf.tiny.diffusion import save_tiny_inpaint_pipeline
+from edit_rows import NAMES, box_mask, compose_edits, linear_model, noise, rows_dataset, tiny_pipe  # noqa: F401  (tiny_pipe: a fixture)
 
 torch.set_num_threads(2)
-
-NAMES = ["horizontal_bar", "vertical_bar"]
-INPUT = 16
 
 
 # ---------------------------------------------------------------- helpers
@@ -48,21 +45,6 @@ def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def noise(width, height, seed=0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def box_mask(width, height, box=None, fill=None) -> Image.Image:
-    """A 0/255 mask: ``box`` (l, t, r, b) set, or every pixel ``fill``."""
-    mask = np.zeros((height, width), np.uint8)
-    if fill is not None:
-        mask[:] = fill
-    else:
-        left, top, right, bottom = box or (width // 4, height // 4, 3 * width // 4, 3 * height // 4)
-        mask[top:bottom, left:right] = 255
-    return Image.fromarray(mask, mode="L")
-
-
 CORRUPT = b"this is not an image at all"
 
 
@@ -71,60 +53,10 @@ def truncated_png(seed=0) -> bytes:
     return whole[: len(whole) // 2]
 
 
-def rows_dataset(images, masks, *, labels=None, targets=None, statuses=None) -> Dataset:
-    """A selected-rows dataset (image cells may be PIL images or raw bytes)."""
-    n = len(images)
-    labels = labels if labels is not None else [0] * n
-    columns = {
-        "image": [{"bytes": v, "path": None} if isinstance(v, bytes) else v for v in images],
-        "mask": [{"bytes": v, "path": None} if isinstance(v, bytes) else v for v in masks],
-        "label": labels,
-        "target_label": targets if targets is not None else [1 - y for y in labels],
-        "example_id": [f"ex-{k}" for k in range(n)],
-    }
-    features = {
-        "image": ImageFeature(),
-        "mask": ImageFeature(),
-        "label": ClassLabel(names=NAMES),
-        "target_label": ClassLabel(names=NAMES),
-        "example_id": Value("string"),
-    }
-    if statuses is not None:
-        columns["mask_status"] = statuses
-        features["mask_status"] = Value("string")
-    return Dataset.from_dict(columns, features=Features(features))
-
-
-def linear_model(seed=0):
-    """A tiny classifier with timm's data config: f(x) = W flatten(x) + b at INPUT px."""
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * INPUT * INPUT, 2))
-    model.pretrained_cfg = {"input_size": (3, INPUT, INPUT), "crop_pct": 1.0, "interpolation": "bilinear",
-                            "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
-    return model.eval()
-
-
-def donors_of(label, n=2, size=(24, 20)) -> Dataset:
-    return rows_dataset([noise(*size, seed=50 + k) for k in range(n)], [box_mask(*size) for _ in range(n)],
-                        labels=[label] * n).add_column("mask_status", ["ok"] * n)
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe(tmp_path_factory):
-    model_dir = save_tiny_inpaint_pipeline(tmp_path_factory.mktemp("tiny-inpaint"))
-    config = InpaintingConfig(model_id=model_dir, num_inference_steps=2, resolution=32, batch_size=4)
-    return config, load_inpainting_pipeline(config, device="cpu")
-
-
 def diffusers_edits(tiny_pipe, dataset):
     config, pipe = tiny_pipe
     return run_inpainting(dataset, config, pipe=pipe, class_names=["horizontal bar", "vertical bar"],
                           tokens=["horizontal", "vertical"])
-
-
-def compose_edits(dataset, **overrides):
-    config = InpaintingConfig(backend="compose", batch_size=4, **overrides)
-    return run_inpainting(dataset, config, donors=prepare_donors(donors_of(1)))
 
 
 # ---------------------------------------------------------------- modes: known answers

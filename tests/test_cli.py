@@ -14,6 +14,7 @@ from dbb_hf.cli import COMMANDS, main
 from dbb_hf.config import DataConfig
 from dbb_hf.data import benchmark_config
 from dbb_hf.pruning import class_confidence
+from run_folders import FULL_REPORT, make_run
 
 TOY = ["--dataset", "toy", "--options", "num_train=96", "num_validation=32", "num_test=32", "correlation=0.9"]
 CLASSIFIER = ["--classifier_model_name", "resnet10t", "--classifier_pretrained", "false",
@@ -229,8 +230,6 @@ def test_every_stage_from_the_command_line_then_augment_retrain_and_run_on_the_r
 
 
 def test_push_publishes_the_run_named_by_output_dir(tmp_path, capsys):
-    from test_hub import FULL_REPORT, make_run
-
     run = make_run(tmp_path / "run", embedding_dim=None, report=FULL_REPORT)
     assert main(["push", "--output_dir", str(run), "--to_folder", str(tmp_path / "out"), "--hub_namespace", "me"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dataset", "model"]

@@ -45,8 +45,8 @@ from dbb_hf.run_lock import RunFolderLockedError, run_folder_lock
 from dbb_hf.selection import SelectionConfig
 from dbb_hf.textual_inversion import TextualInversionConfig, read_embeds
 from dbb_hf.training import TrainingConfig, train_classifier
-from test_bad_input_data import make_pipeline, offline  # noqa: F401  (offline: an autouse fixture)
-from test_bad_input_images import NAMES, box_mask, compose_edits, linear_model, noise, rows_dataset, tiny_pipe  # noqa: F401
+from edit_rows import NAMES, box_mask, compose_edits, linear_model, noise, rows_dataset, tiny_pipe  # noqa: F401  (tiny_pipe: a fixture)
+from offline_pipeline import make_pipeline, offline  # noqa: F401  (offline: an autouse fixture)
 
 CLASSIFIER = ClassifierConfig("resnet10t", pretrained=False, image_size=32, crop_pct=1.0)
 REPO = Path(__file__).resolve().parents[1]

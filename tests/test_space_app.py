@@ -6,9 +6,7 @@ rho > P, determinism, and configuration read from the environment.
 """
 
 import dataclasses
-import importlib
 import math
-import sys
 from pathlib import Path
 
 import gradio as gr
@@ -19,20 +17,9 @@ from PIL import Image
 
 from dbb_hf.data.toy import ToyConfig, load_toy
 from dbb_hf.modeling import data_config
+from space_package import load_app
 
 torch.set_num_threads(2)
-
-SPACE = Path(__file__).resolve().parents[1] / "examples" / "space"
-
-
-def load_app():
-    """The Space's package, imported as ``python app.py`` imports it (from the Space's folder)."""
-    if str(SPACE) not in sys.path:
-        sys.path.insert(0, str(SPACE))
-    package = importlib.import_module("dbb_space")
-    for module in ("settings", "models", "edit", "uploads", "page"):
-        importlib.import_module(f"dbb_space.{module}")
-    return package
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,7 @@ def run_space_url(tmp_path_factory):
     """The Space on a small toy demo run made here with the shipped prior (``--run_dir``)."""
     require_chromium()
     from dbb_hf.cli import main as dbb_hf_main
-    from test_demo_diffusion import SMALL
+    from small_demo import SMALL
 
     folder = tmp_path_factory.mktemp("space-run")
     assert dbb_hf_main(["demo", "--generator", "diffusion", "--output_dir", str(folder / "run"), *SMALL]) == 0

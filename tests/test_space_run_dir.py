@@ -27,9 +27,9 @@ from dbb_hf.data.toy import MIN_OBJECT_PIXELS, ToyConfig, find_object, load_toy
 from dbb_hf.mask_arithmetic import region_mask
 from dbb_hf.masking_template import hair_template
 from dbb_hf.miniature import FACE_PRIOR_PATH, PRIOR_PATH
-from test_demo_diffusion import SMALL
 from celeba_folders import write_cartoon_celeba
-from test_space_app import load_app
+from small_demo import SMALL
+from space_package import load_app
 
 ROOT = Path(__file__).resolve().parents[1]
 FACE = Path(__file__).resolve().parent / "fixtures" / "face_means" / "not_blond_female.png"

@@ -13,7 +13,7 @@ import pytest
 from gradio.data_classes import ImageData
 from PIL import Image, ImageFile
 
-from test_space_app import load_app
+from space_package import load_app
 
 
 @pytest.fixture(scope="module")
