@@ -302,7 +302,7 @@ class Pipeline:
             if cfg["selection"].ti_source == "validation_group" and cfg["selection"].ti_validation_groups is None:
                 # The class's validation group is the one the ERM model fails most on.
                 validation = self.score_split("validation_scores", dataset, "validation", model, fp_erm)
-            tokens, fp_tok = self._learn_tokens(validation, scored, prompts, fp_sel)
+            tokens, fp_tok = self._learn_tokens(validation, scored, prompts, fp_erm)
 
         fp_mask = stage_fingerprint(
             "masks", cfg["masking"], prompts, fp_sel,
@@ -358,13 +358,15 @@ class Pipeline:
             written=ERM_FEATURES, source=DATA_STAGE, split=split,
         )
 
-    def _learn_tokens(self, validation, scored, prompts, fp_sel):
+    def _learn_tokens(self, validation, scored, prompts, fp_erm):
         cfg = self.configs
         # Tokens learned on the hair template learn it from the masking config, as masking draws it.
         template = cfg["masking"].hair_template()
         record = template_record(cfg["textual_inversion"].mask_region, template)
-        fp = stage_fingerprint(  # a box run keeps the fingerprint it had before tokens read the template
-            "tokens", cfg["textual_inversion"], cfg["selection"], prompts, fp_sel,
+        # The images come from the ERM scores (train, or validation: both under fp_erm), not from
+        # the lowest-loss selection: a new budget must not relearn them (hours at full size).
+        fp = stage_fingerprint(  # a box run does not read the template, and its fingerprint leaves it out
+            "tokens", cfg["textual_inversion"], cfg["selection"].textual_inversion_fields(), prompts, fp_erm,
             self._model_digests(cfg["textual_inversion"].model_id), *([] if record is None else [record]),
         )
         ti_rows = self._cached(

@@ -106,6 +106,11 @@ class SelectionConfig:
             if any(g < 0 for g in self.ti_validation_groups):
                 raise ValueError(f"ti_validation_groups must be group ids >= 0, got {self.ti_validation_groups}")
 
+    def textual_inversion_fields(self) -> dict:
+        """The fields :func:`select_textual_inversion` reads: not ``lowest_loss``, so that a sweep of
+        the lowest-loss budget (the paper tunes it) keeps the tokens already learned."""
+        return {name: getattr(self, name) for name in ("ti_num_images", "ti_source", "ti_validation_groups", "seed")}
+
     @property
     def lowest_loss_values(self) -> list[int | float]:
         """The per-class budgets: ints are counts, floats fractions (one value = every class)."""

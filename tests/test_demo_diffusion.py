@@ -4,6 +4,7 @@ learned on the inpainting UNet, square-box masks, diffusers inpainting, IG pruni
 the report's pruning section."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -28,9 +29,9 @@ def tiny_prior(tmp_path_factory):
     return save_tiny_inpaint_pipeline(tmp_path_factory.mktemp("prior") / "pipe")
 
 
-def _demo(out, prior):
+def _demo(out, prior, *more):
     args = ["demo", "--generator", "diffusion", "--output_dir", str(out), *SMALL,
-            "--textual_inversion_model_id", prior, "--inpainting_model_id", prior]
+            "--textual_inversion_model_id", prior, "--inpainting_model_id", prior, *more]
     assert main(args) == 0
     return json.loads((out / "report.json").read_text())
 
@@ -95,6 +96,20 @@ def test_diffusion_demo_is_deterministic(run, tiny_prior, tmp_path):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     assert a["rho"] == b["rho"] and a["keep"] == b["keep"]
     assert again["pruning"] == report["pruning"] and again["retrained"] == report["retrained"]
+
+
+def test_a_new_lowest_loss_budget_keeps_the_learned_tokens(run, tiny_prior, tmp_path):
+    # The paper tunes the budget on validation: each value selects and edits anew, but the
+    # tokens come from the highest-loss images and are not learned again.
+    out = tmp_path / "budget"
+    shutil.copytree(run[0], out)
+    token_files = sorted((out / "tokens").glob("*/learned_embeds.safetensors"))
+    learned = {path: path.stat().st_mtime_ns for path in token_files}
+    report = _demo(out, tiny_prior, "--selection_lowest_loss", "4,4")
+    assert len(learned) == 2 and {path: path.stat().st_mtime_ns for path in token_files} == learned
+    assert "textual_inversion_images" in report["reused_stages"]
+    assert "selection" not in report["reused_stages"] and "generation" not in report["reused_stages"]
+    assert sum(c["selected"] for c in report["pruning"].values()) == 8
 
 
 def test_pruning_counts_known_answer():
