@@ -306,6 +306,11 @@ def test_celeba_recipe_miniature_preset_runs_the_method_on_faces_with_the_shippe
     # inside that mask only, with the learned token of the other class.
     edits = load_run_stage(out, "generation")
     assert len(edits) == len(load_from_disk(str(out / "selection"))) > 0
+    # The preset's budget: every not-blond training face, and 8 % of the blond ones (at least 1).
+    train = np.asarray(load_run_stage(out, "scores")["label"])
+    selected = np.asarray(edits["label"])
+    assert (selected == 0).sum() == (train == 0).sum()
+    assert (selected == 1).sum() == max(1, int(0.08 * (train == 1).sum() + 0.5))
     assert set(edits["generation_status"]) == {"ok"}
     for row in edits:
         assert row["prompt"] == f"a photo of a <dbb-{['not_blond', 'blond'][row['target_label']]}> hair"
