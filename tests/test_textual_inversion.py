@@ -293,13 +293,12 @@ def test_bf16_mixed_precision_trains_the_fp32_token(models, toy, tmp_path):
     assert load_tokens(inpaint_pipe(models), result.path) == [result.token]
 
 
-def _mean_loss(learned, config, images, samples: int) -> float:
+def _mean_loss(learned, parts, config, images, samples: int) -> float:
     """The Eq. 1 loss of the learned token on the first ``samples`` training samples (their
-    seeded noise and timesteps), with the frozen VAE and UNet in float32."""
-    from dbb_hf.textual_inversion import CausalTokenDataset, load_components
+    seeded noise and timesteps), with the frozen VAE and UNet of ``parts`` in float32."""
+    from dbb_hf.textual_inversion import CausalTokenDataset
     from dbb_hf.textual_inversion.train import _diffusion_loss
 
-    parts = load_components(config, frozen_dtype=torch.float32)
     prompts = [t.format(token=learned.token, class_name="horizontal_bar") for t in config.prompt_templates]
     dataset = CausalTokenDataset(images, learned.tokenizer, prompts, config.resolution, config.seed,
                                  start=0, length=samples)
@@ -317,6 +316,7 @@ def _mean_loss(learned, config, images, samples: int) -> float:
 def test_bf16_textual_inversion_keeps_fp32_token_rows_and_lowers_the_loss(models, toy, tmp_path):
     from accelerate.state import AcceleratorState
 
+    from dbb_hf.textual_inversion import load_components
     from dbb_hf.textual_inversion.data import as_pil_list
 
     images = as_pil_list(toy[0].select(range(2)))
@@ -340,10 +340,11 @@ def test_bf16_textual_inversion_keeps_fp32_token_rows_and_lowers_the_loss(models
     # The loss is measured with the frozen parts in float32: the token moves the tiny model's
     # loss by about 1e-4, below bf16's resolution at 1.1 (0.008), where the comparison is
     # rounding (it flipped on CPUs with AVX-512 BF16 / AMX kernels).
-    after = _mean_loss(learned, config, images, steps)
+    parts = load_components(config, frozen_dtype=torch.float32)
+    after = _mean_loss(learned, parts, config, images, steps)
     with torch.no_grad():
         weight[token_id] = weight[initializer_id]  # back to the initial token
-    before = _mean_loss(learned, config, images, steps)
+    before = _mean_loss(learned, parts, config, images, steps)
     assert after < before, (before, after)
     assert torch.equal(read_embeds(learned.path)[0][learned.token][0], trained_row)
 
