@@ -49,6 +49,7 @@ import torch
 from _common import finish, print_machine, verdict
 from dbb_hf.miniature import FACE_ORACLE_PATH, FACE_PRIOR_PATH, ORACLE_PATH, PRIOR_PATH
 from dbb_hf.modeling import image_probabilities
+from dbb_hf.presets import load_preset
 
 
 def oracle_predictions(oracle, images) -> np.ndarray:
@@ -66,7 +67,7 @@ class ToyGates:
     object_word = "bar"  # the control prompt's and the tokens' object word, naming no class
     token_mask_region = "box"
     group_names = ["horizontal_bar/land", "horizontal_bar/water", "vertical_bar/land", "vertical_bar/water"]
-    defaults = {"num_images": 400, "seed": 1, "guidance_scale": 7.5}
+    defaults = {"num_images": 400, "seed": 1, "steps": 25, "guidance_scale": 7.5, "mask_dilation": 1, "ti_steps": 300}
     per_direction = False  # gate on the overall flip rate
 
     def __init__(self, args):
@@ -146,8 +147,12 @@ class FaceGates:
     object_word = "hair"
     token_mask_region = "template"  # the miniature preset's: the token learns on the hair region
     group_names = ["not_blond/female", "not_blond/male", "blond/female", "blond/male"]
-    # guidance 20: the miniature preset's (dbb_hf/presets/miniature.yaml), chosen on these gates
-    defaults = {"num_images": 200, "seed": 1, "guidance_scale": 20.0}
+    # The miniature preset's own sampling, mask and token settings (dbb_hf/presets/miniature.yaml), so
+    # that the gates judge the edits the preset makes; its guidance 20 was chosen on these gates.
+    _preset = load_preset("miniature")
+    defaults = {"num_images": 200, "seed": 1, "steps": _preset["inpainting"]["num_inference_steps"],
+                "guidance_scale": _preset["inpainting"]["guidance_scale"], "mask_dilation": _preset["masking"]["dilation"],
+                "ti_steps": _preset["textual_inversion"]["max_train_steps"]}
     per_direction = True  # each direction must reach the target
     token_images_per_group = 15
 
@@ -246,7 +251,7 @@ class FaceGates:
             f"DPM-Solver++ steps, guidance {results['guidance_scale']}, composited at the source's 178x218.",
             f"Judge: the oracle shipped in `dbb_hf/miniature/face_oracle` (timm `test_resnet` at 64x64, trained on "
             f"group-balanced faces of the prior half; {results['oracle_accuracy_on_sources']:.1%} on these unedited "
-            f"sources" + (f", held-out accuracy per group on the whole experiment half: "
+            f"sources" + (", held-out accuracy per group on the whole experiment half: "
                           + ", ".join(f"{k} {v:.1%} (n={oracle['held_out_count_per_group'][k]})"
                                       for k, v in oracle["held_out_accuracy_per_group"].items())
                           if "held_out_accuracy_per_group" in oracle else "") + ").",
@@ -435,13 +440,14 @@ def main(argv=None) -> int:
     parser.add_argument("--gates", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C"])
     parser.add_argument("--num_images", type=int, default=None, help="Images edited per gate (toy 400, face 200).")
     parser.add_argument("--seed", type=int, default=None, help="Seed of the test images (not the prior's training seeds).")
-    parser.add_argument("--steps", type=int, default=25, help="Denoising steps.")
+    parser.add_argument("--steps", type=int, default=None, help="Denoising steps (default: toy 25; face the miniature preset's, 20).")
     parser.add_argument("--scheduler", default=None,
                         help="A diffusers scheduler class (default: the prior's own, DPM-Solver++).")
     parser.add_argument("--guidance_scale", type=float, default=None,
                         help="Default: the world's (toy 7.5, InpaintingConfig's; face 20, the miniature preset's).")
-    parser.add_argument("--mask_dilation", type=int, default=1, help="Pixels the mask is grown by.")
-    parser.add_argument("--ti_steps", type=int, default=300, help="Textual-inversion steps per token (gate B).")
+    parser.add_argument("--mask_dilation", type=int, default=None, help="Pixels the mask is grown by (default 1; face: the preset's).")
+    parser.add_argument("--ti_steps", type=int, default=None,
+                        help="Textual-inversion steps per token, gate B (default 300; face: the preset's).")
     parser.add_argument("--class_initializer_tokens", nargs="*", default=[],
                         help="Gate B: class=word initialisers of the tokens (default: the object word for every class).")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")

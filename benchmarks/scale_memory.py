@@ -242,7 +242,7 @@ def folder_bytes(path: Path) -> int:
 def run_child(args) -> None:
     """One run of the pipeline's stages over the folder of ``--rows`` faces, each stage measured."""
     from dbb_hf.config import DataConfig
-    from dbb_hf.modeling import ClassifierConfig, create_classifier, save_classifier
+    from dbb_hf.modeling import create_classifier, save_classifier
     from dbb_hf.pipeline import SECTIONS, Pipeline, RunConfig
 
     torch.set_num_threads(args.threads)

@@ -8,6 +8,7 @@ import pytest
 
 from dbb_hf.cli import main, run_compare
 from dbb_hf.compare import METHODS, CompareConfig, parse_seeds
+from dbb_hf.compare_pooling import paired, pooled_summary, run_cells
 from dbb_hf.presets import demo_preset
 
 # Eight methods over two seeds: a few minutes on an idle 2-core machine, more on a busy one.
@@ -93,6 +94,21 @@ def test_a_rerun_reuses_every_finished_cell(compared):
     again = _compare(out, "--methods", "erm,jtt", "--seeds", "2")
     assert cell.stat().st_mtime_ns == written
     assert again["methods"]["jtt"] == {**first["methods"]["jtt"], "seconds": None, "cpu_seconds": None}
+
+
+def test_pooling_reads_the_cells_a_compare_wrote(compared):
+    # The same folder listed as two "splits": the pooled mean is the folder's, and DBB
+    # against itself ties on every cell (p = 1).
+    out, results = compared
+    folders = {"toy": [str(out), str(out)]}
+    dbb = run_cells(folders, "toy:dbb")
+    assert sorted(dbb) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    pooled = pooled_summary(dbb)["worst_group_accuracy"]
+    assert pooled["mean"] == pytest.approx(results["methods"]["dbb"]["worst_group_accuracy"]["mean"])
+    same = paired(dbb, run_cells(folders, "toy:dbb"))
+    assert (same["ties"], same["p_value"]) == (4, 1.0)
+    against_erm = paired(dbb, run_cells(folders, "toy:erm"))
+    assert against_erm["n"] == 4 and against_erm["wins"] + against_erm["ties"] + against_erm["losses"] == 4
 
 
 def test_model_selection_without_group_labels(tmp_path):
