@@ -346,6 +346,27 @@ def run_compare(data: DataConfig, run: RunConfig, configs: dict, compare: Compar
     return results
 
 
+def saved_cells(out_dir: str | Path) -> dict[str, list[dict]]:
+    """Every finished (method, seed) cell of one compare folder: method -> cells sorted by seed."""
+    cells_dir = Path(out_dir) / "cells"
+    if not cells_dir.is_dir():
+        raise FileNotFoundError(f"{out_dir}: no cells/ folder; is it the output_dir of a finished dbb-hf compare?")
+    cells: dict[str, list[dict]] = {}
+    for method_dir in sorted(p for p in cells_dir.iterdir() if p.is_dir()):
+        for path in method_dir.glob("seed_*.json"):
+            try:
+                cell = json.loads(path.read_text())
+                worst = cell["test"]["worst_group_accuracy"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}: not a compare cell ({error!r})") from None
+            if not isinstance(worst, (int, float)):  # None when a test group is empty
+                raise ValueError(f"{path}: its test worst-group accuracy is {worst!r}, not a number")
+            cells.setdefault(method_dir.name, []).append(cell)
+    for runs in cells.values():
+        runs.sort(key=lambda cell: cell["seed"])
+    return cells
+
+
 def _is_main() -> bool:
     from accelerate import PartialState
 

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from dbb_hf.compare_pooling import paired, pooled_markdown, pooled_summary, run_cells, saved_cells, sign_flip_p_value
+from dbb_hf.compare import saved_cells
+from dbb_hf.compare_pooling import paired, pooled_markdown, pooled_summary, run_cells, sign_flip_p_value
 
 
 def _cell(folder, method, seed, worst, average=0.9):
