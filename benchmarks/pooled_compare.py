@@ -1,8 +1,9 @@
 """``dbb-hf compare`` folders of several data splits, pooled, and two runs compared cell by cell.
 
-The face experiment on three identity re-splits of the experiment half, DBB with the face prior
-against the compose control and ERM (``--options seed=K`` re-splits; K = 0 is the split of every
-earlier run; the control's folders start as copies of the DBB folders, so they share the ERM models):
+The face experiment on identity re-splits of the experiment half (docs/baselines.md, "Identity
+re-splits"), DBB with the face prior against the compose control and ERM (``--options seed=K``
+re-splits; K = 0 is the split of every earlier run; the control's folders start as copies of the
+DBB folders, so they share the ERM models), here with three of its five splits:
 
     python benchmarks/pooled_compare.py \\
         --folders prior=runs/compare-preset,runs/compare-split1,runs/compare-split2 \\

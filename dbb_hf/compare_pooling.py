@@ -51,7 +51,7 @@ def _mean_std(values) -> dict:
 
 
 def pooled_summary(cells: Mapping[tuple[int, int], dict]) -> dict:
-    """Mean ± std over every cell of each test metric and group; per split, the mean worst group."""
+    """Mean ± std over every cell of each test metric; per split, the mean ± std of its worst group."""
     runs = [cells[key] for key in sorted(cells)]
     splits = sorted({split for split, _ in cells})
     return {
