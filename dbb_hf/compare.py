@@ -53,6 +53,9 @@ METHODS = ("erm", "reweight", "upsample", "groupdro", "jtt", "dfr", "dbb", "dbb_
 MODEL_SELECTIONS = {"worst_group": "worst_group_accuracy", "worst_class": "worst_class_accuracy", "average": "accuracy"}
 SECTIONS = {**PIPELINE_SECTIONS, "groupdro": GroupDROConfig, "jtt": JTTConfig, "dfr": DFRConfig}
 METRICS = ("worst_group_accuracy", "average_accuracy", "weighted_average_accuracy")
+# The run settings a cell's result depends on; the others only place, show or publish it
+# (output folder, shard size, device, picture grid, Hub, timeouts).
+RESULT_RUN_FIELDS = ("class_prompts", "erm_model", "augmented_dataset", "retrain_from_erm")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -316,7 +319,8 @@ def run_compare(data: DataConfig, run: RunConfig, configs: dict, compare: Compar
         for cell_name, method, runner in _cells(compare, seeded, _num_classes_hint(s, compare)):
             path = out / "cells" / cell_name / f"seed_{seed}.json"
             fp = stage_fingerprint("compare-cell", cell_name, seed, {k: dataclasses.asdict(v) for k, v in seeded.items()},
-                                   data, source_signature(data.data_dir), compare.model_selection)
+                                   data, source_signature(data.data_dir), compare.model_selection,
+                                   {name: getattr(run, name) for name in RESULT_RUN_FIELDS})
             saved = json.loads(path.read_text()) if path.exists() else None
             if saved is None or saved.get("fingerprint") != fp:
                 cell_start, cell_cpu_start = time.perf_counter(), time.process_time()

@@ -3,6 +3,7 @@ shared by JTT, DFR and DBB, finished cells reused, the P sweep, and model select
 any group label."""
 
 import json
+import shutil
 
 import pytest
 
@@ -94,6 +95,20 @@ def test_a_rerun_reuses_every_finished_cell(compared):
     again = _compare(out, "--methods", "erm,jtt", "--seeds", "2")
     assert cell.stat().st_mtime_ns == written
     assert again["methods"]["jtt"] == {**first["methods"]["jtt"], "seconds": None, "cpu_seconds": None}
+
+
+def test_a_changed_run_setting_recomputes_the_cells(compared, tmp_path):
+    # --class_prompts, --erm_model, --augmented_dataset and --retrain_from_erm change what a
+    # cell measures: a cell saved without them must not be reused.
+    out = tmp_path / "copy"
+    shutil.copytree(compared[0], out)
+    cell = out / "cells" / "dbb" / "seed_0.json"
+    before = json.loads(cell.read_text())
+    again = _compare(out, "--methods", "erm,dbb", "--seeds", "1", "--retrain_from_erm", "false")
+    after = json.loads(cell.read_text())
+    assert after["fingerprint"] != before["fingerprint"]
+    assert again["methods"]["dbb"]["seconds"] is not None  # computed in this run, not reused
+    assert after["model_dir"].startswith(str(out))  # the copy's own retrained model, not the original's
 
 
 def test_pooling_reads_the_cells_a_compare_wrote(compared):
