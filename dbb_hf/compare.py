@@ -53,9 +53,6 @@ METHODS = ("erm", "reweight", "upsample", "groupdro", "jtt", "dfr", "dbb", "dbb_
 MODEL_SELECTIONS = {"worst_group": "worst_group_accuracy", "worst_class": "worst_class_accuracy", "average": "accuracy"}
 SECTIONS = {**PIPELINE_SECTIONS, "groupdro": GroupDROConfig, "jtt": JTTConfig, "dfr": DFRConfig}
 METRICS = ("worst_group_accuracy", "average_accuracy", "weighted_average_accuracy")
-# The run settings a cell's result depends on; the others only place, show or publish it
-# (output folder, shard size, device, picture grid, Hub, timeouts).
-RESULT_RUN_FIELDS = ("class_prompts", "erm_model", "augmented_dataset", "retrain_from_erm")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -320,7 +317,7 @@ def run_compare(data: DataConfig, run: RunConfig, configs: dict, compare: Compar
             path = out / "cells" / cell_name / f"seed_{seed}.json"
             fp = stage_fingerprint("compare-cell", cell_name, seed, {k: dataclasses.asdict(v) for k, v in seeded.items()},
                                    data, source_signature(data.data_dir), compare.model_selection,
-                                   {name: getattr(run, name) for name in RESULT_RUN_FIELDS})
+                                   run.result_settings())
             saved = json.loads(path.read_text()) if path.exists() else None
             if saved is None or saved.get("fingerprint") != fp:
                 cell_start, cell_cpu_start = time.perf_counter(), time.process_time()
@@ -383,7 +380,8 @@ def _num_classes_hint(s: SeedRun, compare: CompareConfig) -> int:
     return s.data[0]["train"].features["label"].num_classes if compare.P_sweep else 1
 
 
-def _mean_std(values: list) -> dict | None:
+def mean_std(values: list) -> dict | None:
+    """Mean and sample std (0 for one value); None when a value is missing."""
     if not values or any(v is None for v in values):
         return None
     array = np.asarray(values, dtype=np.float64)
@@ -395,14 +393,14 @@ def _cell_summary(runs: list[dict]) -> dict:
     groups = list(runs[0]["test"]["per_group_accuracy"])
     return {
         "seeds": [r["seed"] for r in runs],
-        **{metric: _mean_std([r["test"][metric] for r in runs]) for metric in METRICS},
-        "validation_worst_group_accuracy": _mean_std([r["validation"]["worst_group_accuracy"] for r in runs]),
-        "per_group_accuracy": {g: _mean_std([r["test"]["per_group_accuracy"][g] for r in runs]) for g in groups},
+        **{metric: mean_std([r["test"][metric] for r in runs]) for metric in METRICS},
+        "validation_worst_group_accuracy": mean_std([r["validation"]["worst_group_accuracy"] for r in runs]),
+        "per_group_accuracy": {g: mean_std([r["test"]["per_group_accuracy"][g] for r in runs]) for g in groups},
         "group_counts": runs[0]["test"]["group_counts"],
         "group_labels_used": runs[0]["group_labels_used"],
         "model_selection": runs[0]["model_selection"],
-        "seconds": _mean_std([r["seconds"] for r in runs if not r.get("reused")]),
-        "cpu_seconds": _mean_std([r["cpu_seconds"] for r in runs if not r.get("reused")]),
+        "seconds": mean_std([r["seconds"] for r in runs if not r.get("reused")]),
+        "cpu_seconds": mean_std([r["cpu_seconds"] for r in runs if not r.get("reused")]),
         "extra": [r["extra"] for r in runs],
     }
 
@@ -420,7 +418,7 @@ def summarise(cells: dict, compare: CompareConfig, configs: dict) -> dict:
                 continue
             summary = _cell_summary(runs)
             sweep[P] = {key: summary[key] for key in ("worst_group_accuracy", "validation_worst_group_accuracy")}
-            sweep[P]["synthetic_rows"] = _mean_std([e["synthetic_rows"] for e in summary["extra"]])
+            sweep[P]["synthetic_rows"] = mean_std([e["synthetic_rows"] for e in summary["extra"]])
         results["P_sweep"] = sweep
     return results
 

@@ -14,13 +14,14 @@ same order for every label (``benchmarks/pooled_compare.py`` reads them from the
 
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from .compare import METRICS, saved_cells
+from .compare import METRICS, mean_std, saved_cells
 
 
 def parse_run(name: str) -> tuple[str, str]:
@@ -31,14 +32,15 @@ def parse_run(name: str) -> tuple[str, str]:
     return label, method
 
 
-def run_cells(folders: Mapping[str, Sequence[str | Path]], name: str) -> dict[tuple[int, int], dict]:
-    """The cells of run ``LABEL:METHOD``, keyed by (split, seed): split is the folder's place in LABEL's list."""
+def run_cells(folders: Mapping[str, Sequence[str | Path]], name: str, read=saved_cells) -> dict[tuple[int, int], dict]:
+    """The cells of run ``LABEL:METHOD``, keyed by (split, seed): split is the folder's place in LABEL's list.
+    ``read`` reads one folder's cells (:func:`dbb_hf.compare.saved_cells`)."""
     label, method = parse_run(name)
     if label not in folders:
         raise ValueError(f"run {name!r}: no folders are labelled {label!r} (labels: {', '.join(folders)})")
     out = {}
     for split, folder in enumerate(folders[label]):
-        cells = saved_cells(folder)
+        cells = read(folder)
         if method not in cells:
             raise ValueError(f"run {name!r}: {folder} has no {method!r} cells (it has: {', '.join(cells) or 'none'})")
         out.update({(split, cell["seed"]): cell for cell in cells[method]})
@@ -46,8 +48,8 @@ def run_cells(folders: Mapping[str, Sequence[str | Path]], name: str) -> dict[tu
 
 
 def _mean_std(values) -> dict:
-    array = np.asarray(list(values), dtype=np.float64)
-    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0, "n": len(array)}
+    values = list(values)
+    return {**mean_std(values), "n": len(values)}
 
 
 def pooled_summary(cells: Mapping[tuple[int, int], dict]) -> dict:
@@ -97,7 +99,8 @@ def _pct(stat: dict) -> str:
 
 def pooled_markdown(folders: Mapping[str, Sequence[str | Path]], runs: Sequence[str], pairs: Sequence[tuple[str, str]]) -> str:
     """The tables ``benchmarks/pooled_compare.py`` prints: each run pooled, then each pair compared."""
-    cells = {name: run_cells(folders, name) for name in dict.fromkeys([*runs, *itertools.chain(*pairs)])}
+    read = functools.lru_cache(maxsize=None)(saved_cells)  # a label's folders serve each of its methods
+    cells = {name: run_cells(folders, name, read) for name in dict.fromkeys([*runs, *itertools.chain(*pairs)])}
     num_splits = max(len(v) for v in folders.values())
     lines = [
         "Test accuracy in %, mean ± std over every (split, seed) cell; per split, the mean over its seeds.", "",

@@ -81,6 +81,11 @@ class RunConfig:
                   "CelebA-size dataset, writes the report or pushes to the Hub, the others wait."},
     )
 
+    def result_settings(self) -> dict:
+        """The settings a run's results depend on; the others only place, show or publish them
+        (output folder, shard size, device, picture grid, Hub, timeouts)."""
+        return {name: getattr(self, name) for name in ("class_prompts", "erm_model", "augmented_dataset", "retrain_from_erm")}
+
     def __post_init__(self):
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
